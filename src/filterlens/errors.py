@@ -1,0 +1,13 @@
+"""Errors a user can cause. The CLI prints these as one line, without a traceback."""
+
+
+class FilterlensError(Exception):
+    """A problem with the user's input (a file, an option, a model) rather than a bug."""
+
+
+class SourceError(FilterlensError):
+    """A model source could not be read or understood."""
+
+
+class ArchitectureError(FilterlensError):
+    """An unknown architecture, or weights that do not fit one."""

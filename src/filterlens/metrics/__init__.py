@@ -1,0 +1,27 @@
+"""Pure functions over conv weights: sparsity, variance entropy, orthogonality, aggregates."""
+
+from .aggregate import aggregate, aggregate_layers
+from .entropy import entropy10, max_variance_entropy, principal_variances, variance_entropy
+from .filters import DEFAULT_THRESHOLD, as_filters, filter_linf, scaled_nonsparse, sparse_mask
+from .layer import LAYER_METRIC_COLUMNS, measure_weight
+from .orthogonality import channel_gram, orthogonality
+from .sparsity import sparsity
+
+__all__ = [
+    "DEFAULT_THRESHOLD",
+    "LAYER_METRIC_COLUMNS",
+    "aggregate",
+    "aggregate_layers",
+    "as_filters",
+    "channel_gram",
+    "entropy10",
+    "filter_linf",
+    "max_variance_entropy",
+    "measure_weight",
+    "orthogonality",
+    "principal_variances",
+    "scaled_nonsparse",
+    "sparse_mask",
+    "sparsity",
+    "variance_entropy",
+]
