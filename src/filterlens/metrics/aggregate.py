@@ -21,8 +21,8 @@ def _weighted(values: pd.Series, weights: pd.Series) -> float:
     return float((values[ok].astype(np.float64) * w).sum() / w.sum())
 
 
-def aggregate_layers(layers: pd.DataFrame) -> pd.Series:
-    """Pool the rows of a per-layer table into one value per metric.
+def aggregate_layers(layers: pd.DataFrame) -> dict:
+    """Pool the rows of a per-layer table into one value per metric (a dict).
 
     - ``sparsity = sum(n_sparse) / sum(n_filters)`` (never a mean of ratios);
     - ``variance_entropy``: mean weighted by each layer's number of non-sparse filters;
@@ -34,16 +34,14 @@ def aggregate_layers(layers: pd.DataFrame) -> pd.Series:
     finite = measured["sparsity"].notna()
     n_filters = int(measured.loc[finite, "n_filters"].sum())
     n_sparse = int(measured.loc[finite, "n_sparse"].sum())
-    return pd.Series(
-        {
-            "n_layers": int(len(layers)),
-            "n_filters": n_filters,
-            "n_sparse": n_sparse,
-            "sparsity": n_sparse / n_filters if n_filters else float("nan"),
-            "variance_entropy": _weighted(layers["variance_entropy"], layers["n_nonsparse"]),
-            "orthogonality": _weighted(layers["orthogonality"], layers["out_channels"]),
-        }
-    )
+    return {
+        "n_layers": int(len(layers)),
+        "n_filters": n_filters,
+        "n_sparse": n_sparse,
+        "sparsity": n_sparse / n_filters if n_filters else float("nan"),
+        "variance_entropy": _weighted(layers["variance_entropy"], layers["n_nonsparse"]),
+        "orthogonality": _weighted(layers["orthogonality"], layers["out_channels"]),
+    }
 
 
 def aggregate(layers: pd.DataFrame, by: str | list[str] = "model") -> pd.DataFrame:
@@ -52,5 +50,5 @@ def aggregate(layers: pd.DataFrame, by: str | list[str] = "model") -> pd.DataFra
     rows = []
     for key, group in layers.groupby(by, sort=False, dropna=False):
         key = key if isinstance(key, tuple) else (key,)
-        rows.append({**dict(zip(by, key)), **aggregate_layers(group).to_dict()})
+        rows.append({**dict(zip(by, key)), **aggregate_layers(group)})
     return pd.DataFrame(rows)

@@ -53,7 +53,9 @@ def sparse_mask(
     m = float(linf.max())
     if m == 0.0:
         return np.ones(linf.shape, dtype=bool)
-    t = threshold * m
+    # Compare in float64: a float32 threshold would round 0.01 * m and move the boundary.
+    t = np.float64(threshold) * m
+    linf = linf.astype(np.float64, copy=False)
     return linf <= t if inclusive else linf < t
 
 

@@ -1,0 +1,1 @@
+"""The ``filterlens`` command line."""

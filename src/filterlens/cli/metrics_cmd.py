@@ -1,0 +1,110 @@
+"""``filterlens metrics`` and ``filterlens archs``."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+import pandas as pd
+import typer
+
+from ..errors import FilterlensError
+from .console import FORMATS, emit, error, progress, warn
+
+TABLE_COLUMNS = ["model", "layer", "kernel_size", "in_channels", "out_channels", "groups", "conv_depth",
+                 "conv_depth_norm", "n_filters", "sparsity", "variance_entropy", "orthogonality"]
+
+
+def parse_kernel_size(text: str):
+    """``3`` -> 3, ``1x3`` -> (1, 3), ``all`` -> None."""
+    text = text.strip().lower()
+    if text == "all":
+        return None
+    m = re.fullmatch(r"(\d+)(?:x(\d+))?", text)
+    if not m:
+        raise FilterlensError(f"--kernel-size must be like 3, 1x3 or all, not {text!r}")
+    kh = int(m.group(1))
+    return kh if m.group(2) is None or int(m.group(2)) == kh else (kh, int(m.group(2)))
+
+
+def measure_sources(sources, arch, name, kernel_size, threshold, inclusive, include_transposed,
+                    show_progress=True) -> tuple[pd.DataFrame, int]:
+    """Measure each source; print one line per failure. Returns the table and the failure count."""
+    from ..measure import describe_kernels, measure_model
+    from ..sources import load_model
+
+    frames, failures = [], 0
+    for source in progress(sources, len(sources), "measuring", enabled=show_progress and len(sources) > 1):
+        try:
+            mf = load_model(source, arch=arch, name=name)
+            df = measure_model(mf, kernel_size, threshold, inclusive, include_transposed)
+            if df.empty:
+                ks = "any" if kernel_size is None else parse_label(kernel_size)
+                raise FilterlensError(f"{source}: no {ks} conv layers to measure (kernel sizes present: "
+                                      f"{describe_kernels(mf)}); choose one with --kernel-size")
+            bad = df[df["notes"].str.contains("non-finite", na=False)]
+            if len(bad) == len(df):
+                raise FilterlensError(f"{source}: nothing could be measured: every layer has NaN or Inf weights")
+            for note in mf.warnings:
+                warn(f"{mf.name}: {note}")
+            for layer in bad["layer"]:
+                warn(f"{mf.name}: layer {layer} has NaN or Inf weights; its metrics are NaN")
+            frames.append(df)
+        except FilterlensError as exc:
+            failures += 1
+            error(str(exc))
+    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return table, failures
+
+
+def parse_label(kernel_size) -> str:
+    return f"{kernel_size}x{kernel_size}" if isinstance(kernel_size, int) else "x".join(map(str, kernel_size))
+
+
+def metrics(
+    sources: List[str] = typer.Argument(..., help="Model files (.pt .pth .th .ckpt .bin .safetensors .onnx[.gz]).",
+                                        show_default=False),
+    arch: Optional[str] = typer.Option(None, "--arch", "-a", help="Architecture of the checkpoints "
+                                       "(see 'filterlens archs'); depth then comes from its graph."),
+    kernel_size: str = typer.Option("3", "--kernel-size", "-k", help="Kernel size to measure: 3, 5, 1x3 or all."),
+    fmt: str = typer.Option("table", "--format", "-f", help=f"Output format: {' | '.join(FORMATS)}."),
+    out_file: Optional[Path] = typer.Option(None, "--out", "-o", help="Write to FILE instead of stdout."),
+    name: Optional[str] = typer.Option(None, "--name", help="Model name (one source only; default: file name)."),
+    threshold: float = typer.Option(0.01, "--threshold", help="Sparsity threshold, a share of the layer's max |w|."),
+    exclusive: bool = typer.Option(False, "--exclusive", help="Sparse means max|w| < t (torchconvquality) "
+                                   "instead of the paper's <= t."),
+    include_transposed: bool = typer.Option(False, "--include-transposed", help="Also measure transposed convs."),
+    summary: bool = typer.Option(False, "--summary", help="One row per model instead of per layer."),
+) -> None:
+    """Measure the conv filters of one or more models: sparsity, variance entropy, orthogonality."""
+    if name and len(sources) > 1:
+        raise FilterlensError("--name applies to a single source")
+    if not 0 < threshold < 1:
+        raise FilterlensError("--threshold must be between 0 and 1")
+    ks = parse_kernel_size(kernel_size)
+    table, failures = measure_sources(sources, arch, name, ks, threshold, not exclusive, include_transposed)
+    if table.empty:
+        raise typer.Exit(1)
+    if summary:
+        from ..measure import summarize
+
+        table = summarize(table)
+    emit(table, fmt, out_file, None if summary else TABLE_COLUMNS)
+    if failures:
+        raise typer.Exit(1)
+
+
+def archs(fmt: str = typer.Option("table", "--format", "-f", help="table | csv | json")) -> None:
+    """List the architectures that --arch accepts."""
+    from ..archs import list_archs
+
+    rows = [{"name": a.name, "input_shape": "x".join(map(str, a.input_shape)), "num_classes": a.num_classes,
+             "description": a.description} for a in list_archs()]
+    emit(pd.DataFrame(rows), fmt, None)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("metrics")(metrics)
+    app.command("archs")(archs)

@@ -1,0 +1,140 @@
+"""Measure models: per-layer metric tables (pandas) from any model source."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Iterable, Sequence
+
+import pandas as pd
+
+from .errors import FilterlensError
+from .metrics import DEFAULT_THRESHOLD, LAYER_METRIC_COLUMNS, aggregate, measure_weight
+from .sources import ModelSource, load_model
+from .types import ConvLayer, ModelFilters
+
+#: Columns of a per-layer table, in order.
+LAYER_COLUMNS = [
+    "model",
+    "layer",
+    "op_type",
+    "kernel_size",
+    "kernel_h",
+    "kernel_w",
+    "in_channels",
+    "out_channels",
+    "groups",
+    "transposed",
+    "depth",
+    "conv_depth",
+    "conv_depth_norm",
+    "depth_source",
+] + LAYER_METRIC_COLUMNS
+
+
+class NoLayersError(FilterlensError):
+    """No conv layer of the requested kind to measure."""
+
+
+KernelSize = int | tuple[int, int] | None
+
+
+def selects(layer: ConvLayer, kernel_size: KernelSize, include_transposed: bool) -> bool:
+    """Whether a layer is measured: its kernel size matches (None = any), transposed only if asked."""
+    if layer.transposed and not include_transposed:
+        return False
+    if kernel_size is None:
+        return True
+    want = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
+    return layer.kernel_size == want
+
+
+def layer_record(mf: ModelFilters, layer: ConvLayer, threshold: float, inclusive: bool) -> dict:
+    """One row of the per-layer table."""
+    kh, kw = layer.kernel_size
+    return {
+        "model": mf.name,
+        "layer": layer.name,
+        "op_type": layer.op_type,
+        "kernel_size": kh if kh == kw else pd.NA,
+        "kernel_h": kh,
+        "kernel_w": kw,
+        "in_channels": layer.in_channels,
+        "out_channels": layer.out_channels,
+        "groups": layer.groups,
+        "transposed": layer.transposed,
+        "depth": layer.depth,
+        "conv_depth": layer.conv_depth,
+        "conv_depth_norm": layer.conv_depth_norm,
+        "depth_source": mf.depth_source,
+        **measure_weight(layer.weight, threshold, inclusive),
+    }
+
+
+def measure_model(
+    mf: ModelFilters,
+    kernel_size: KernelSize = 3,
+    threshold: float = DEFAULT_THRESHOLD,
+    inclusive: bool = True,
+    include_transposed: bool = False,
+) -> pd.DataFrame:
+    """Per-layer metrics of an extracted model (see :data:`LAYER_COLUMNS`).
+
+    Only layers of ``kernel_size`` (3x3 by default, ``None`` for all) are measured;
+    transposed convs only with ``include_transposed``. Depth is always ranked over all conv
+    layers of the model, whatever is selected. May return an empty table.
+    """
+    rows = [
+        layer_record(mf, layer, threshold, inclusive)
+        for layer in mf.layers
+        if selects(layer, kernel_size, include_transposed)
+    ]
+    df = pd.DataFrame(rows, columns=LAYER_COLUMNS)
+    return df.astype({"conv_depth": "Int64", "depth": "Int64", "kernel_size": "Int64"})
+
+
+def describe_kernels(mf: ModelFilters) -> str:
+    sizes = sorted({f"{l.kernel_size[0]}x{l.kernel_size[1]}" for l in mf.layers})
+    return ", ".join(sizes)
+
+
+def measure(
+    source: ModelSource,
+    arch: str | None = None,
+    kernel_size: KernelSize = 3,
+    threshold: float = DEFAULT_THRESHOLD,
+    inclusive: bool = True,
+    include_transposed: bool = False,
+    name: str | None = None,
+) -> pd.DataFrame:
+    """Load ``source`` (see :func:`filterlens.load_model`) and return its per-layer metrics.
+
+    Raises :class:`NoLayersError` when the model has no layer of ``kernel_size``. Warnings
+    about the source (approximate depth, unmeasurable layers) are issued as ``UserWarning``.
+    """
+    mf = load_model(source, arch=arch, name=name)
+    df = measure_model(mf, kernel_size, threshold, inclusive, include_transposed)
+    if df.empty:
+        what = "conv" if kernel_size is None else f"{_ks(kernel_size)} conv"
+        raise NoLayersError(
+            f"{mf.source}: no {what} layers to measure (kernel sizes present: {describe_kernels(mf)}); "
+            "choose one with kernel_size / --kernel-size"
+        )
+    for note in mf.warnings:
+        warnings.warn(f"{mf.name}: {note}", stacklevel=2)
+    return df
+
+
+def _ks(kernel_size: KernelSize) -> str:
+    if isinstance(kernel_size, int):
+        return f"{kernel_size}x{kernel_size}"
+    return "x".join(map(str, kernel_size))
+
+
+def summarize(layers: pd.DataFrame, by: str | Sequence[str] = "model") -> pd.DataFrame:
+    """Aggregate a per-layer table per model (or per ``by``) with the documented weights."""
+    return aggregate(layers, by=list(by) if not isinstance(by, str) else by)
+
+
+def measure_many(sources: Iterable[ModelSource], **kwargs) -> pd.DataFrame:
+    """:func:`measure` for several sources, concatenated."""
+    return pd.concat([measure(s, **kwargs) for s in sources], ignore_index=True)

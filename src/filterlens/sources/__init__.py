@@ -1,0 +1,109 @@
+"""Model sources: turn a module, a checkpoint, a safetensors or an ONNX file into conv layers."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Sequence, Union
+
+import torch
+import torch.nn as nn
+
+from ..errors import SourceError
+from ..types import ModelFilters
+from .checkpoint import CHECKPOINT_SUFFIXES, infer_num_classes, load_into, read_state_dict, to_numpy_state
+from .torch_module import from_module, from_weights
+
+ModelSource = Union[str, Path, nn.Module, Mapping]
+
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+def _is_onnx_path(path: Path) -> bool:
+    name = path.name.lower()
+    return name.endswith(".onnx") or name.endswith(".onnx.gz")
+
+
+def load_model(
+    source: ModelSource,
+    arch: str | None = None,
+    name: str | None = None,
+    input_shape: Sequence[int] | None = None,
+    **arch_kwargs,
+) -> ModelFilters:
+    """Read any supported model source into :class:`~filterlens.types.ModelFilters`.
+
+    - an ``nn.Module``: depth from its graph (torch.fx, torch.export, or forward hooks);
+    - a state dict (mapping of tensors) or a checkpoint file (``.pt .pth .th .ckpt .bin``,
+      read with ``weights_only=True``) or ``.safetensors``: with ``arch`` it is loaded into the
+      registered architecture and depth comes from the graph; without, every 4-D weight is a
+      layer and depth follows the file order (``depth_source="order"``, approximate);
+    - an ONNX file (``.onnx``, gzipped too): depth from the node graph.
+    """
+    if isinstance(source, nn.Module):
+        return from_module(source, name=name or type(source).__name__, input_shape=input_shape)
+    if isinstance(source, Mapping):
+        from .checkpoint import find_state_dict
+
+        return _from_state(find_state_dict(source, "state dict"), arch, name or "model", "<state dict>",
+                           input_shape, arch_kwargs)
+    if not isinstance(source, (str, Path)):
+        raise SourceError(f"cannot read a model from a {type(source).__name__}")
+    text = str(source)
+    if text.startswith("robustbench:"):
+        from .robustbench_source import load_robustbench
+
+        return load_robustbench(text, name=name, **arch_kwargs)
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise SourceError(f"{path}: no such file")
+    if path.is_dir():
+        raise SourceError(f"{path}: is a directory, not a model file")
+    if path.stat().st_size == 0:
+        raise SourceError(f"{path}: the file is empty")
+    model_name = name or _stem(path)
+    if _is_onnx_path(path) or (path.suffix.lower() not in CHECKPOINT_SUFFIXES + (".safetensors",)
+                               and _sniff_onnx(path)):
+        if arch:
+            raise SourceError(f"{path}: --arch does not apply to ONNX files (the graph is in the file)")
+        from .onnx_model import load_onnx
+
+        return load_onnx(path, name=model_name)
+    state = read_state_dict(path)
+    return _from_state(state, arch, model_name, str(path), input_shape, arch_kwargs)
+
+
+def _stem(path: Path) -> str:
+    name = path.name[:-3] if path.name.lower().endswith(".gz") else path.name
+    return Path(name).stem
+
+
+def _sniff_onnx(path: Path) -> bool:
+    """Unknown suffix: gzip, or a protobuf that is not a zip (torch) or safetensors file."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if head[:2] == _GZIP_MAGIC:
+        return True
+    # ONNX ModelProto starts with field 1 (ir_version, varint): tag byte 0x08.
+    return head[:1] == b"\x08"
+
+
+def _from_state(state, arch, name, source, input_shape, arch_kwargs) -> ModelFilters:
+    if not arch:
+        return from_weights(to_numpy_state(state), name=name, source=source)
+    from ..archs import arch_info
+
+    info, implied = arch_info(arch)
+    kwargs = {**implied, **arch_kwargs}
+    if "num_classes" not in arch_kwargs:
+        n = infer_num_classes(state)
+        if n:
+            kwargs["num_classes"] = n
+    module = info.builder(**kwargs)
+    load_into(module, state, info.name)
+    mf = from_module(module, name=name, source=source, input_shape=input_shape or info.input_shape,
+                     arch=info.name)
+    return mf
+
+
+__all__ = ["ModelSource", "load_model", "from_module", "from_weights"]

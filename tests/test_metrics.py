@@ -1,0 +1,244 @@
+"""Metrics: hand-worked cases, agreement with the plain reference, and invariants."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from filterlens.metrics import (
+    aggregate,
+    aggregate_layers,
+    entropy10,
+    measure_weight,
+    orthogonality,
+    principal_variances,
+    sparse_mask,
+    sparsity,
+    variance_entropy,
+)
+from reference import ref_orthogonality, ref_sparsity, ref_variance_entropy
+
+LOG10_9 = math.log10(9)
+
+
+# --- hand-worked cases -------------------------------------------------------------------------
+
+def test_sparsity_hand_worked_threshold_is_inclusive():
+    # Layer max is 1.0; the threshold is 0.01. Filter maxima: 1.0, 0.01 (== t), 0.005, 0.02.
+    # float64, where 0.01 * 1.0 == 0.01 exactly (float32(0.01) is slightly below 0.01).
+    w = np.zeros((2, 2, 3, 3), dtype=np.float64)
+    w[0, 0, 1, 1] = 1.0
+    w[0, 1, 0, 0] = -0.01
+    w[1, 0, 2, 2] = 0.005
+    w[1, 1, 0, 1] = 0.02
+    assert sparsity(w) == pytest.approx(2 / 4)  # 0.01 <= 0.01 and 0.005: sparse
+    assert sparsity(w, inclusive=False) == pytest.approx(1 / 4)  # torchconvquality's '<'
+    assert sparsity(w, threshold=0.03) == pytest.approx(3 / 4)
+
+
+def test_all_zero_layer_is_fully_sparse_and_entropy_undefined():
+    w = np.zeros((4, 3, 3, 3))
+    assert sparsity(w) == 1.0
+    assert sparsity(w, inclusive=False) == 1.0
+    assert math.isnan(variance_entropy(w))
+    r = measure_weight(w)
+    assert r["n_nonsparse"] == 0 and "need 2" in r["notes"]
+
+
+def test_entropy_of_one_repeated_pattern_is_zero():
+    pattern = np.arange(9, dtype=np.float64).reshape(3, 3) - 4
+    w = np.stack([np.stack([pattern * s for s in (1.0, 2.0, 0.5)])] * 4)  # scaling is divided out
+    assert variance_entropy(w) == 0.0
+
+
+def test_entropy_is_maximal_for_an_orthonormal_spread():
+    # Filters +-e_i for each of the 9 positions: centred, the covariance is a multiple of I.
+    rows = []
+    for i in range(9):
+        for sign in (1.0, -1.0):
+            f = np.zeros(9)
+            f[i] = sign
+            rows.append(f.reshape(3, 3))
+    w = np.array(rows)[:, None]  # (18, 1, 3, 3)
+    assert variance_entropy(w) == pytest.approx(LOG10_9, abs=1e-12)
+
+
+def test_entropy_two_directions_hand_worked():
+    # Scaled filters: e0, -e0, e1, -e1 -> variance split evenly over 2 axes -> log10(2).
+    rows = []
+    for i in (0, 1):
+        for sign in (1.0, -1.0):
+            f = np.zeros(9)
+            f[i] = sign * 3.0
+            rows.append(f.reshape(3, 3))
+    assert variance_entropy(np.array(rows)[:, None]) == pytest.approx(math.log10(2), abs=1e-12)
+
+
+def test_principal_variances_match_svd():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 9))
+    s = np.linalg.svd(x - x.mean(0), compute_uv=False)
+    np.testing.assert_allclose(principal_variances(x), s**2 / 49, rtol=1e-10, atol=1e-12)
+
+
+def test_entropy10_edge_cases():
+    assert entropy10(np.array([1.0, 0.0, 0.0])) == 0.0
+    assert entropy10(np.zeros(3)) == 0.0
+    assert entropy10(np.ones(10)) == pytest.approx(1.0)
+
+
+def test_orthogonality_hand_worked():
+    # Two orthogonal channels: 1. Two identical channels: 1 - 2/2 = 0.
+    eye = np.zeros((2, 1, 3, 3))
+    eye[0, 0, 0, 0] = 1
+    eye[1, 0, 1, 1] = 5
+    assert orthogonality(eye) == pytest.approx(1.0)
+    same = np.ones((2, 1, 3, 3))
+    assert orthogonality(same) == pytest.approx(0.0, abs=1e-7)
+    # Three channels: a, b orthogonal, c = (a+b)/sqrt2: |G-I| off-diagonal = 4 * 1/sqrt2.
+    a = np.zeros(9); a[0] = 1
+    b = np.zeros(9); b[1] = 1
+    c = (a + b) / math.sqrt(2)
+    w = np.stack([a, b, c]).reshape(3, 1, 3, 3)
+    assert orthogonality(w) == pytest.approx(1 - 4 / math.sqrt(2) / 6, abs=1e-7)
+
+
+def test_orthogonality_zero_channel_adds_one_through_the_diagonal():
+    w = np.zeros((2, 1, 3, 3))
+    w[0, 0, 0, 0] = 1.0  # channel 1 is all zero: G = diag(1, 0), |G - I| sums to 1
+    assert orthogonality(w) == pytest.approx(1 - 1 / 2)
+
+
+def test_single_channel_orthogonality_undefined():
+    r = measure_weight(np.random.default_rng(1).normal(size=(1, 4, 3, 3)))
+    assert math.isnan(r["orthogonality"]) and "orthogonality undefined" in r["notes"]
+
+
+def test_non_finite_weights_are_not_measured():
+    w = np.random.default_rng(2).normal(size=(4, 4, 3, 3))
+    w[1, 2, 0, 0] = np.nan
+    r = measure_weight(w)
+    assert math.isnan(r["sparsity"]) and "non-finite" in r["notes"]
+
+
+# --- agreement with the plain reference --------------------------------------------------------
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("shape", [(16, 3, 3, 3), (32, 16, 3, 3), (8, 1, 3, 3), (24, 8, 5, 5), (4, 6, 1, 3)])
+def test_agrees_with_reference_on_random_weights(seed, shape):
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=shape).astype(np.float32)
+    # make a share of filters (near) sparse, some exactly at the threshold
+    kill = rng.random(shape[:2]) < 0.3
+    w[kill] *= 1e-3
+    m = np.abs(w).max()
+    w[0, 0] = 0
+    w[0, 0, 0, 0] = 0.01 * m  # exactly on the threshold: sparse under '<='
+    r = measure_weight(w)
+    assert r["sparsity"] == pytest.approx(ref_sparsity(w), abs=1e-12)
+    assert sparsity(w, inclusive=False) == pytest.approx(ref_sparsity(w, inclusive=False), abs=1e-12)
+    ve = ref_variance_entropy(w)
+    if math.isnan(ve):
+        assert math.isnan(r["variance_entropy"])
+    else:
+        assert r["variance_entropy"] == pytest.approx(ve, abs=1e-9)
+    assert r["orthogonality"] == pytest.approx(ref_orthogonality(w), abs=1e-6)
+
+
+def test_large_layer_orthogonality_precision():
+    # float32 Gram products against the float64 reference on a WRN-sized layer slice.
+    w = np.random.default_rng(3).normal(size=(256, 256, 3, 3)).astype(np.float32)
+    assert orthogonality(w) == pytest.approx(ref_orthogonality(w), abs=1e-6)
+
+
+# --- invariants (hypothesis) -------------------------------------------------------------------
+
+layer_shapes = st.tuples(st.integers(2, 8), st.integers(1, 6), st.just(3), st.just(3))
+weights = layer_shapes.flatmap(
+    lambda s: arrays(np.float64, s, elements=st.floats(-1, 1, allow_nan=False, width=32))
+)
+
+
+def _close(a, b, tol=1e-7):
+    return (math.isnan(a) and math.isnan(b)) or abs(a - b) <= tol
+
+
+@settings(max_examples=60, deadline=None)
+@given(weights, st.randoms(use_true_random=False))
+def test_permuting_filters_and_channels_changes_nothing(w, rnd):
+    perm_out = list(range(w.shape[0]))
+    perm_in = list(range(w.shape[1]))
+    rnd.shuffle(perm_out)
+    rnd.shuffle(perm_in)
+    p = w[perm_out][:, perm_in]
+    a, b = measure_weight(w), measure_weight(p)
+    for key in ("sparsity", "variance_entropy", "orthogonality"):
+        assert _close(a[key], b[key], 1e-6), key
+
+
+@settings(max_examples=60, deadline=None)
+@given(weights, st.floats(1e-3, 1e3))
+def test_positive_scaling_leaves_sparsity_entropy_and_orthogonality(w, c):
+    a, b = measure_weight(w), measure_weight(w * c)
+    assert a["sparsity"] == b["sparsity"]
+    assert _close(a["variance_entropy"], b["variance_entropy"], 1e-6)
+    assert _close(a["orthogonality"], b["orthogonality"], 1e-5)
+
+
+@settings(max_examples=80, deadline=None)
+@given(weights)
+def test_bounds(w):
+    r = measure_weight(w)
+    assert 0.0 <= r["sparsity"] <= 1.0
+    if not math.isnan(r["variance_entropy"]):
+        assert -1e-12 <= r["variance_entropy"] <= LOG10_9 + 1e-12
+    # |G_ij| <= 1 bounds the off-diagonal sum by n(n-1): orthogonality in [0, 1]
+    assert -1e-6 <= r["orthogonality"] <= 1.0 + 1e-6
+    assert r["n_sparse"] + r["n_nonsparse"] == r["n_filters"]
+
+
+@settings(max_examples=40, deadline=None)
+@given(weights)
+def test_sparse_mask_matches_definition(w):
+    f = w.reshape(-1, 9)
+    m = np.abs(w).max()
+    expect = np.abs(f).max(axis=1) <= 0.01 * m if m > 0 else np.ones(len(f), bool)
+    np.testing.assert_array_equal(sparse_mask(f), expect)
+
+
+# --- aggregation -------------------------------------------------------------------------------
+
+def test_aggregate_uses_documented_weights_not_mean_of_ratios():
+    layers = pd.DataFrame(
+        {
+            "model": ["m", "m"],
+            "n_filters": [10, 90],
+            "n_sparse": [5, 0],
+            "n_nonsparse": [5, 90],
+            "sparsity": [0.5, 0.0],
+            "variance_entropy": [0.2, 0.8],
+            "orthogonality": [0.4, 0.9],
+            "out_channels": [10, 30],
+        }
+    )
+    agg = aggregate_layers(layers)
+    assert agg["sparsity"] == pytest.approx(5 / 100)  # not (0.5 + 0) / 2
+    assert agg["variance_entropy"] == pytest.approx((0.2 * 5 + 0.8 * 90) / 95)
+    assert agg["orthogonality"] == pytest.approx((0.4 * 10 + 0.9 * 30) / 40)
+    by_model = aggregate(layers)
+    assert list(by_model["model"]) == ["m"] and by_model.loc[0, "n_filters"] == 100
+
+
+def test_aggregate_skips_undefined_layers():
+    layers = pd.DataFrame(
+        {"model": ["m", "m"], "n_filters": [1, 9], "n_sparse": [0, 0], "n_nonsparse": [1, 9],
+         "sparsity": [0.0, 0.0], "variance_entropy": [np.nan, 0.5], "orthogonality": [np.nan, 0.7],
+         "out_channels": [1, 3]}
+    )
+    agg = aggregate_layers(layers)
+    assert agg["variance_entropy"] == pytest.approx(0.5)
+    assert agg["orthogonality"] == pytest.approx(0.7)
