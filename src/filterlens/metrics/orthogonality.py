@@ -5,18 +5,41 @@ from __future__ import annotations
 import numpy as np
 
 
+def raw_channel_gram(weight: np.ndarray) -> np.ndarray:
+    """``R = W W^T`` of the flattened output channels, float32 product (BLAS syrk), as float64."""
+    w = np.asarray(weight)
+    v = w.reshape(w.shape[0], -1)
+    if v.dtype != np.float32:
+        v = v.astype(np.float32)
+    return (v @ v.T).astype(np.float64)
+
+
+def normalise_gram(raw: np.ndarray) -> np.ndarray:
+    """``G_ij = R_ij / sqrt(R_ii R_jj)``, with zero channels giving zero rows and columns."""
+    sq = np.diagonal(raw).copy()
+    inv = np.zeros_like(sq)
+    np.divide(1.0, np.sqrt(sq), out=inv, where=sq > 0)
+    g = raw * inv[:, None]
+    g *= inv[None, :]
+    return g
+
+
 def channel_gram(weight: np.ndarray) -> np.ndarray:
-    """Gram matrix ``G = V V^T`` of the l2-normalised, flattened output channels.
+    """Gram matrix ``G = V V^T`` of the l2-normalised, flattened output channels (float64).
 
     Row ``o`` of ``V`` is ``weight[o].ravel() / ||weight[o]||`` (a zero row stays zero).
-    Computed in float32 (the weights' precision) for speed; norms in float64.
+    The product is taken on the raw rows in float32 (the weights' precision) and normalised
+    afterwards: O(c_out^2) work instead of a normalised copy of the whole layer.
     """
-    w = np.asarray(weight)
-    v = w.reshape(w.shape[0], -1).astype(np.float32, copy=False)
-    norms = np.sqrt(np.einsum("ij,ij->i", v, v, dtype=np.float64))
-    norms[norms == 0] = 1.0
-    v = v / norms.astype(np.float32)[:, None]
-    return v @ v.T
+    return normalise_gram(raw_channel_gram(weight))
+
+
+def orthogonality_from_gram(g: np.ndarray) -> float:
+    """``1 - sum(|G - I|) / (n (n - 1))`` for a normalised Gram matrix ``G`` (``n >= 2``)."""
+    n = g.shape[0]
+    diag = np.diagonal(g).copy()
+    total = np.abs(g).sum() - np.abs(diag).sum() + np.abs(diag - 1.0).sum()
+    return float(1.0 - total / (n * (n - 1)))
 
 
 def orthogonality(weight: np.ndarray) -> float:
@@ -29,7 +52,4 @@ def orthogonality(weight: np.ndarray) -> float:
     n = int(np.asarray(weight).shape[0])
     if n < 2:
         return float("nan")
-    g = channel_gram(weight)
-    off = np.abs(g).sum(dtype=np.float64) - np.abs(np.diagonal(g)).sum(dtype=np.float64)
-    diag = np.abs(np.diagonal(g).astype(np.float64) - 1.0).sum()
-    return float(1.0 - (off + diag) / (n * (n - 1)))
+    return orthogonality_from_gram(channel_gram(weight))
