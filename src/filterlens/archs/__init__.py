@@ -2,4 +2,15 @@
 
 from .registry import ArchInfo, arch_info, create_arch, list_archs, register_arch, register_pattern
 
-__all__ = ["ArchInfo", "arch_info", "create_arch", "list_archs", "register_arch", "register_pattern"]
+# Importing the modules registers their architectures.
+from . import cifar_resnet, lenet, preact_resnet, resnet, wide_resnet  # noqa: E402,F401
+
+__all__ = [
+    "ArchInfo",
+    "arch_info",
+    "create_arch",
+    "list_archs",
+    "register_arch",
+    "register_pattern",
+]
+from . import small  # noqa: E402,F401  (small CIFAR nets of the bundled zoo)

@@ -1,0 +1,130 @@
+"""PreAct ResNet-18 (He et al. 2016, identity mappings) as in RobustBench.
+
+Key names follow RobustBench's ``model_zoo/architectures/resnet.py`` (itself from
+kuangliu/pytorch-cifar and locuslab/fast_adversarial): ``conv1``, ``layer1..layer4`` of
+PreActBlocks (``bn1``, ``conv1``, ``bn2``, ``conv2``, and ``shortcut`` =
+Sequential(conv 1x1) only where the shape changes), ``bn`` (the BN-ReLU before the
+pool, ``bn_before_fc``) and ``linear``.
+
+Two switches cover RobustBench's variants; neither changes a key name except ``bn``:
+
+- ``bn_before_fc``: the final ``bn`` + ReLU. On by default here (fast_adversarial, Rice et
+  al. 2020, Kireev et al. 2021); RobustBench's own ``PreActResNet18()`` and its
+  Wong2020Fast / Andriushchenko2020Understanding checkpoints have no ``bn``: pass
+  ``bn_before_fc=False`` for those.
+- ``out_shortcut``: the projection shortcut takes the pre-activated input
+  (RobustBench's ``PreActBlockV2`` / ``out_shortcut=True``) instead of the raw input.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ._common import Stats, check_num_classes, conv1x1, conv3x3, make_normalization
+from .registry import register_arch
+
+__all__ = ["PreActBlock", "PreActResNet", "preact_resnet18"]
+
+
+class PreActBlock(nn.Module):
+    """Pre-activation BasicBlock: BN-ReLU-conv twice, plus a shortcut."""
+
+    expansion = 1
+
+    def __init__(
+        self, in_planes: int, planes: int, stride: int = 1, out_shortcut: bool = False
+    ) -> None:
+        super().__init__()
+        self.out_shortcut = out_shortcut
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.conv1 = conv3x3(in_planes, planes, stride)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv2 = conv3x3(planes, planes)
+        self.shortcut: nn.Sequential | None = None
+        if stride != 1 or in_planes != self.expansion * planes:
+            self.shortcut = nn.Sequential(
+                conv1x1(in_planes, self.expansion * planes, stride)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(x))
+        if self.shortcut is None:
+            shortcut = x
+        else:
+            shortcut = self.shortcut(out if self.out_shortcut else x)
+        out = self.conv1(out)
+        out = self.conv2(F.relu(self.bn2(out)))
+        return out + shortcut
+
+
+class PreActResNet(nn.Module):
+    """Pre-activation ResNet with a CIFAR stem: conv1, ``layer1..layer4``, (bn), ``linear``."""
+
+    def __init__(
+        self,
+        num_blocks: Sequence[int],
+        num_classes: int = 10,
+        bn_before_fc: bool = True,
+        out_shortcut: bool = False,
+        mean: Stats = None,
+        std: Stats = None,
+    ) -> None:
+        super().__init__()
+        self.normalize = make_normalization(mean, std, 3)
+        self.in_planes = 64
+        self.bn_before_fc = bn_before_fc
+        self.conv1 = conv3x3(3, 64)
+        self.layer1 = self._make_layer(64, num_blocks[0], 1, out_shortcut)
+        self.layer2 = self._make_layer(128, num_blocks[1], 2, out_shortcut)
+        self.layer3 = self._make_layer(256, num_blocks[2], 2, out_shortcut)
+        self.layer4 = self._make_layer(512, num_blocks[3], 2, out_shortcut)
+        if bn_before_fc:
+            self.bn = nn.BatchNorm2d(512 * PreActBlock.expansion)
+        self.linear = nn.Linear(512 * PreActBlock.expansion, num_classes)
+
+    def _make_layer(
+        self, planes: int, num_blocks: int, stride: int, out_shortcut: bool
+    ) -> nn.Sequential:
+        layers = []
+        for s in [stride] + [1] * (num_blocks - 1):
+            layers.append(PreActBlock(self.in_planes, planes, s, out_shortcut))
+            self.in_planes = planes * PreActBlock.expansion
+        return nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.normalize is not None:
+            x = self.normalize(x)
+        out = self.conv1(x)
+        out = self.layer1(out)
+        out = self.layer2(out)
+        out = self.layer3(out)
+        out = self.layer4(out)
+        if self.bn_before_fc:
+            out = F.relu(self.bn(out))
+        out = F.avg_pool2d(out, 4)
+        out = torch.flatten(out, 1)
+        return self.linear(out)
+
+
+@register_arch(
+    "preact_resnet18",
+    description=(
+        "PreAct ResNet-18, CIFAR stem (RobustBench naming; "
+        "bn_before_fc=False for Wong2020Fast), 11.2M params"
+    ),
+)
+def preact_resnet18(
+    num_classes: int = 10,
+    bn_before_fc: bool = True,
+    out_shortcut: bool = False,
+    mean: Stats = None,
+    std: Stats = None,
+) -> PreActResNet:
+    """PreAct ResNet-18 (PreActBlocks 2-2-2-2) with RobustBench's key names."""
+    return PreActResNet(
+        [2, 2, 2, 2], check_num_classes(num_classes), bn_before_fc, out_shortcut, mean, std
+    )

@@ -1,0 +1,141 @@
+"""ResNet-18/34/50 with a CIFAR stem (3x3 conv, no max-pool), as in kuangliu/pytorch-cifar.
+
+The same code (and key names) is RobustBench's ``model_zoo/architectures/resnet.py``:
+``conv1``, ``bn1``, ``layer1..layer4`` of blocks with ``conv1/bn1/conv2/bn2`` (plus
+``conv3/bn3`` in a Bottleneck), a projection ``shortcut`` = Sequential(conv 1x1, BN)
+where the shape changes (an empty Sequential otherwise), and ``linear``.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence, Type, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ._common import Stats, check_num_classes, conv1x1, conv3x3, make_normalization
+from .registry import register_arch
+
+__all__ = ["BasicBlock", "Bottleneck", "ResNet", "resnet18", "resnet34", "resnet50"]
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 conv-BN layers and a (projection where needed) shortcut."""
+
+    expansion = 1
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = conv3x3(in_planes, planes, stride)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = conv3x3(planes, planes)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_planes != self.expansion * planes:
+            self.shortcut = nn.Sequential(
+                conv1x1(in_planes, self.expansion * planes, stride),
+                nn.BatchNorm2d(self.expansion * planes),
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out = out + self.shortcut(x)
+        return F.relu(out)
+
+
+class Bottleneck(nn.Module):
+    """1x1 reduce, 3x3 (strided), 1x1 expand (x4), each with BN, and a shortcut."""
+
+    expansion = 4
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = conv1x1(in_planes, planes)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = conv3x3(planes, planes, stride)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = conv1x1(planes, self.expansion * planes)
+        self.bn3 = nn.BatchNorm2d(self.expansion * planes)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_planes != self.expansion * planes:
+            self.shortcut = nn.Sequential(
+                conv1x1(in_planes, self.expansion * planes, stride),
+                nn.BatchNorm2d(self.expansion * planes),
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        out = out + self.shortcut(x)
+        return F.relu(out)
+
+
+class ResNet(nn.Module):
+    """ResNet with a CIFAR stem: conv1/bn1, ``layer1..layer4`` (64..512 planes), ``linear``."""
+
+    def __init__(
+        self,
+        block: Type[Union[BasicBlock, Bottleneck]],
+        num_blocks: Sequence[int],
+        num_classes: int = 10,
+        mean: Stats = None,
+        std: Stats = None,
+    ) -> None:
+        super().__init__()
+        self.normalize = make_normalization(mean, std, 3)
+        self.in_planes = 64
+        self.conv1 = conv3x3(3, 64)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.layer1 = self._make_layer(block, 64, num_blocks[0], stride=1)
+        self.layer2 = self._make_layer(block, 128, num_blocks[1], stride=2)
+        self.layer3 = self._make_layer(block, 256, num_blocks[2], stride=2)
+        self.layer4 = self._make_layer(block, 512, num_blocks[3], stride=2)
+        self.linear = nn.Linear(512 * block.expansion, num_classes)
+
+    def _make_layer(
+        self, block: Type[Union[BasicBlock, Bottleneck]], planes: int, num_blocks: int, stride: int
+    ) -> nn.Sequential:
+        layers = []
+        for s in [stride] + [1] * (num_blocks - 1):
+            layers.append(block(self.in_planes, planes, s))
+            self.in_planes = planes * block.expansion
+        return nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.normalize is not None:
+            x = self.normalize(x)
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.layer1(out)
+        out = self.layer2(out)
+        out = self.layer3(out)
+        out = self.layer4(out)
+        out = F.avg_pool2d(out, 4)
+        out = torch.flatten(out, 1)
+        return self.linear(out)
+
+
+@register_arch(
+    "resnet18", description="ResNet-18, CIFAR stem (kuangliu / RobustBench naming), 11.2M params"
+)
+def resnet18(num_classes: int = 10, mean: Stats = None, std: Stats = None) -> ResNet:
+    """ResNet-18 with a CIFAR stem (BasicBlocks 2-2-2-2)."""
+    return ResNet(BasicBlock, [2, 2, 2, 2], check_num_classes(num_classes), mean, std)
+
+
+@register_arch(
+    "resnet34", description="ResNet-34, CIFAR stem (kuangliu / RobustBench naming), 21.3M params"
+)
+def resnet34(num_classes: int = 10, mean: Stats = None, std: Stats = None) -> ResNet:
+    """ResNet-34 with a CIFAR stem (BasicBlocks 3-4-6-3)."""
+    return ResNet(BasicBlock, [3, 4, 6, 3], check_num_classes(num_classes), mean, std)
+
+
+@register_arch(
+    "resnet50", description="ResNet-50, CIFAR stem (kuangliu / RobustBench naming), 23.5M params"
+)
+def resnet50(num_classes: int = 10, mean: Stats = None, std: Stats = None) -> ResNet:
+    """ResNet-50 with a CIFAR stem (Bottlenecks 3-4-6-3)."""
+    return ResNet(Bottleneck, [3, 4, 6, 3], check_num_classes(num_classes), mean, std)
