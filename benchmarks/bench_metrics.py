@@ -9,20 +9,29 @@ Compares, in the same process and on the same random weights:
 and the peak memory of filterlens (peak RSS growth over the weights, in a fresh subprocess).
 
 Targets: >= 4x faster than torchconvquality, <= 1.5x the bare bound, peak <= 2x the weights.
+The three are timed interleaved (one run of each per round, best of the rounds), so that load
+from other processes hits all of them alike; on a busy 2-core machine multi-threaded BLAS
+slows down badly, and ``--threads 1`` gives steadier figures.
 
-    python benchmarks/bench_metrics.py [--models wrn-28-10,wrn-70-16] [--repeat 3]
+    python benchmarks/bench_metrics.py [--models wrn-28-10,wrn-70-16] [--repeat 3] [--threads N]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
 import time
 
-import numpy as np
+if "--threads" in sys.argv:  # must be set before numpy / torch load their thread pools
+    _n = sys.argv[sys.argv.index("--threads") + 1]
+    for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[_var] = _n
+
+import numpy as np  # noqa: E402
 
 
 def wrn_conv_shapes(depth: int, width: int) -> list[tuple[int, int, int, int]]:
@@ -90,13 +99,10 @@ def to_module(weights):
     return nn.Sequential(*mods)
 
 
-def best_time(fn, repeat):
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
+def timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
 
 
 def peak_rss() -> int:
@@ -126,6 +132,7 @@ def main() -> None:
     ap.add_argument("--models", default="wrn-28-10,wrn-70-16")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--skip-tcq", action="store_true", help="skip torchconvquality (slow on WRN-70-16)")
+    ap.add_argument("--threads", type=int, help="BLAS / torch threads (default: library default)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -133,21 +140,29 @@ def main() -> None:
         return
     import torch
 
-    print(f"threads: torch {torch.get_num_threads()}; numpy BLAS as configured")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"threads: torch {torch.get_num_threads()}, BLAS {os.environ.get('OPENBLAS_NUM_THREADS', 'default')}; "
+          f"{os.cpu_count()} cores; load average {os.getloadavg()[0]:.2f}")
     for name in args.models.split(","):
         weights = make_weights(name)
         nbytes = sum(w.nbytes for w in weights)
         n3 = sum(w.shape[0] * w.shape[1] for w in weights if w.shape[2:] == (3, 3))
         print(f"\n== {name}: {len(weights)} conv layers, {n3:,} 3x3 filters, {nbytes / 2**20:.0f} MiB of weights")
-        t_fl = best_time(lambda: run_filterlens(weights), args.repeat)
-        t_bare = best_time(lambda: run_bare(weights), args.repeat)
-        print(f"filterlens        {t_fl:8.3f} s")
-        print(f"bare bound        {t_bare:8.3f} s   filterlens / bare = {t_fl / t_bare:.2f}x   (target <= 1.5x)")
-        if not args.skip_tcq:
-            model = to_module(weights)
-            t_tcq = best_time(lambda: run_tcq(model), 1)
-            print(f"torchconvquality  {t_tcq:8.3f} s   speed-up = {t_tcq / t_fl:.1f}x   (target >= 4x)")
-            del model
+        model = None if args.skip_tcq else to_module(weights)
+        t_fl, t_bare, t_tcq = [], [], []
+        for _ in range(args.repeat):
+            t_fl.append(timed(lambda: run_filterlens(weights)))
+            t_bare.append(timed(lambda: run_bare(weights)))
+            if model is not None:
+                t_tcq.append(timed(lambda: run_tcq(model)))
+        fl, bare = min(t_fl), min(t_bare)
+        print(f"filterlens        {fl:8.3f} s")
+        print(f"bare bound        {bare:8.3f} s   filterlens / bare = {fl / bare:.2f}x   (target <= 1.5x)")
+        if t_tcq:
+            tcq = min(t_tcq)
+            print(f"torchconvquality  {tcq:8.3f} s   speed-up = {tcq / fl:.1f}x   (target >= 4x)")
+        del model
         child = subprocess.run([sys.executable, __file__, "--child", name], capture_output=True, text=True,
                                check=True)
         mem = json.loads(child.stdout.strip().splitlines()[-1])

@@ -13,8 +13,64 @@ from .filters import DEFAULT_THRESHOLD, as_filters, filter_linf, sparse_mask
 _SAME_PATTERN_VARIANCE = 1e-14
 
 
+#: Rows per block in the fused passes: a float64 block of 3x3 filters stays in L2 cache.
+CHUNK_ROWS = 16384
+
+
+def _accumulate(x: np.ndarray, scale: np.ndarray, xtx: np.ndarray, total: np.ndarray) -> None:
+    """Add the moments of ``x / scale[:, None]`` (computed in float64) to ``xtx`` and ``total``."""
+    y = x.astype(np.float64)
+    y /= scale.astype(np.float64)[:, None]
+    xtx += y.T @ y
+    total += y.sum(axis=0)
+
+
+def layer_max_abs(weight: np.ndarray) -> float:
+    """``max |W|`` over a whole array: two contiguous reductions, no absolute-value copy."""
+    w = np.asarray(weight)
+    if w.size == 0:
+        return 0.0
+    return float(np.maximum(w.max(), -w.min()))  # NaN-propagating, unlike max()
+
+
+def linf_and_moments(
+    filters: np.ndarray,
+    threshold_abs: float,
+    inclusive: bool = True,
+    chunk: int = CHUNK_ROWS,
+) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
+    """One pass over ``filters`` (``n x k``) for everything variance entropy needs.
+
+    Returns the per-filter l-inf norms, and the count, column sums and ``X^T X`` (float64) of
+    the non-sparse filters scaled by their own l-inf norm. A filter is sparse when its norm is
+    ``<= threshold_abs`` (``<`` when not ``inclusive``); sparse filters get scale 0.
+
+    Each block is copied once, transposed to ``(k + 1) x rows`` float64 with a last row that is
+    1 for kept filters, so one symmetric product ``Y Y^T`` gives ``X^T X``, the sums and the
+    count together, and every reduction runs along contiguous memory.
+    """
+    n, k = filters.shape
+    linf = np.empty(n, dtype=filters.dtype)
+    acc = np.zeros((k + 1, k + 1))
+    t = np.float64(threshold_abs)
+    for start in range(0, n, chunk):
+        block = filters[start : start + chunk]
+        y = np.empty((k + 1, block.shape[0]))
+        y[:k] = block.T  # transpose and widen in one copy
+        data = y[:k]
+        lc = np.maximum(data.max(axis=0), -data.min(axis=0))
+        linf[start : start + chunk] = lc
+        keep = lc > t if inclusive else lc >= t
+        keep &= lc > 0
+        inv = np.divide(1.0, lc, out=np.zeros_like(lc), where=keep)
+        data *= inv
+        y[k] = keep
+        acc += y @ y.T
+    return linf, int(round(acc[k, k])), acc[k, :k].copy(), acc[:k, :k].copy()
+
+
 def scaled_moments(
-    filters: np.ndarray, linf: np.ndarray, keep: np.ndarray | None = None, chunk: int = 16384
+    filters: np.ndarray, linf: np.ndarray, keep: np.ndarray | None = None, chunk: int = CHUNK_ROWS
 ) -> tuple[int, np.ndarray, np.ndarray]:
     """Count, column sums and ``X^T X`` (float64) of the rows of ``filters`` scaled by ``linf``.
 
@@ -32,11 +88,8 @@ def scaled_moments(
             sel = keep[start : start + chunk]
             if not sel.all():
                 f, scale = f[sel], scale[sel]
-        x = f.astype(np.float64)
-        x /= scale.astype(np.float64)[:, None]
-        xtx += x.T @ x
-        total += x.sum(axis=0)
-        count += x.shape[0]
+        _accumulate(f, scale, xtx, total)
+        count += f.shape[0]
     return count, total, xtx
 
 

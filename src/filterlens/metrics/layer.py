@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .entropy import entropy_from_variances, scaled_moments, variances_from_moments
-from .filters import DEFAULT_THRESHOLD, as_filters, filter_linf, sparse_mask
+from .entropy import entropy_from_variances, layer_max_abs, linf_and_moments, variances_from_moments
+from .filters import DEFAULT_THRESHOLD, as_filters
 from .orthogonality import normalise_gram, orthogonality_from_gram, raw_channel_gram
 
 #: Column order of :func:`measure_weight`'s result.
@@ -37,8 +37,10 @@ def measure_weight(
 
     Same definitions as :func:`~filterlens.metrics.sparsity`,
     :func:`~filterlens.metrics.variance_entropy` and :func:`~filterlens.metrics.orthogonality`,
-    sharing the work: one per-filter l-inf pass, chunked float64 moments of the scaled
-    non-sparse filters, and one Gram product (whose diagonal also gives the channel norms).
+    sharing the work: ``max|W|`` first (a fast contiguous reduction, so the sparsity threshold
+    is known), then one fused, cache-blocked pass gives the per-filter l-inf norms, the sparse
+    count and the float64 moments of the scaled non-sparse filters, and one Gram product gives
+    orthogonality and, from its diagonal, the channel norms.
 
     Norms: ``weight_max_abs = max|W|``, ``filter_linf_mean`` = mean over filters of ``max|w|``,
     ``channel_l2_mean`` = mean over output channels of ``||W[o]||_2``, ``weight_l2 = ||W||_F``.
@@ -50,15 +52,15 @@ def measure_weight(
     n = filters.shape[0]
     if n == 0:
         return _undefined(0, "empty layer")
-    linf = filter_linf(filters)
-    m = float(linf.max())
+    m = layer_max_abs(w)
     if not np.isfinite(m):  # any NaN or Inf propagates into the max
         return _undefined(n, "non-finite weights (NaN or Inf)")
 
     notes = []
-    sparse = sparse_mask(filters, threshold, inclusive, linf=linf)
-    n_sparse = int(sparse.sum())
-    n_kept, total, xtx = scaled_moments(filters, linf, ~sparse if n_sparse else None)
+    # m = 0: every filter is sparse under both rules (threshold 0, inclusive).
+    t = np.float64(threshold) * m
+    linf, n_kept, total, xtx = linf_and_moments(filters, t, inclusive or m == 0)
+    n_sparse = n - n_kept
     if n_kept >= 2:
         ve = entropy_from_variances(variances_from_moments(n_kept, total, xtx))
     else:
@@ -66,7 +68,7 @@ def measure_weight(
         notes.append(f"variance_entropy undefined: {n_kept} non-sparse filter(s), need 2")
 
     raw = raw_channel_gram(w)
-    sq = np.clip(np.diagonal(raw), 0.0, None)
+    sq = np.clip(np.diagonal(raw).astype(np.float64), 0.0, None)
     if w.shape[0] >= 2:
         ortho = orthogonality_from_gram(normalise_gram(raw))
     else:

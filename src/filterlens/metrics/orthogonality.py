@@ -6,26 +6,27 @@ import numpy as np
 
 
 def raw_channel_gram(weight: np.ndarray) -> np.ndarray:
-    """``R = W W^T`` of the flattened output channels, float32 product (BLAS syrk), as float64."""
+    """``R = W W^T`` of the flattened output channels, a float32 product (BLAS syrk)."""
     w = np.asarray(weight)
     v = w.reshape(w.shape[0], -1)
     if v.dtype != np.float32:
         v = v.astype(np.float32)
-    return (v @ v.T).astype(np.float64)
+    return v @ v.T
 
 
 def normalise_gram(raw: np.ndarray) -> np.ndarray:
     """``G_ij = R_ij / sqrt(R_ii R_jj)``, with zero channels giving zero rows and columns."""
-    sq = np.diagonal(raw).copy()
+    sq = np.diagonal(raw).astype(np.float64)
     inv = np.zeros_like(sq)
     np.divide(1.0, np.sqrt(sq), out=inv, where=sq > 0)
+    inv = inv.astype(raw.dtype)
     g = raw * inv[:, None]
     g *= inv[None, :]
     return g
 
 
 def channel_gram(weight: np.ndarray) -> np.ndarray:
-    """Gram matrix ``G = V V^T`` of the l2-normalised, flattened output channels (float64).
+    """Gram matrix ``G = V V^T`` of the l2-normalised, flattened output channels.
 
     Row ``o`` of ``V`` is ``weight[o].ravel() / ||weight[o]||`` (a zero row stays zero).
     The product is taken on the raw rows in float32 (the weights' precision) and normalised
@@ -37,8 +38,8 @@ def channel_gram(weight: np.ndarray) -> np.ndarray:
 def orthogonality_from_gram(g: np.ndarray) -> float:
     """``1 - sum(|G - I|) / (n (n - 1))`` for a normalised Gram matrix ``G`` (``n >= 2``)."""
     n = g.shape[0]
-    diag = np.diagonal(g).copy()
-    total = np.abs(g).sum() - np.abs(diag).sum() + np.abs(diag - 1.0).sum()
+    diag = np.diagonal(g).astype(np.float64)
+    total = np.abs(g).sum(dtype=np.float64) - np.abs(diag).sum() + np.abs(diag - 1.0).sum()
     return float(1.0 - total / (n * (n - 1)))
 
 
