@@ -242,3 +242,12 @@ def test_aggregate_skips_undefined_layers():
     agg = aggregate_layers(layers)
     assert agg["variance_entropy"] == pytest.approx(0.5)
     assert agg["orthogonality"] == pytest.approx(0.7)
+
+
+@pytest.mark.parametrize("scale", [1e-26, 1e-12, 1.0, 1e20])
+def test_tiny_and_huge_weights_are_not_flushed(scale):
+    # float32 squares of 1e-26 underflow to 0 and of 1e20 overflow: the Gram must not see a
+    # "zero channel" or inf there (found by hypothesis).
+    w = np.random.default_rng(5).normal(size=(6, 4, 3, 3)) * scale
+    assert orthogonality(w) == pytest.approx(ref_orthogonality(w), abs=1e-6)
+    assert measure_weight(w)["orthogonality"] == pytest.approx(ref_orthogonality(w), abs=1e-6)

@@ -58,6 +58,9 @@ def atomic_path(path: Path) -> Iterator[Path]:
         raise FilterlensError(f"{path}: the folder {path.parent} does not exist")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a result file should be like any other
     try:
         yield Path(tmp)
         os.replace(tmp, path)

@@ -67,7 +67,7 @@ def measure_weight(
         ve = float("nan")
         notes.append(f"variance_entropy undefined: {n_kept} non-sparse filter(s), need 2")
 
-    raw = raw_channel_gram(w)
+    raw = raw_channel_gram(w, channel_max=linf.reshape(w.shape[0], -1).max(axis=1))
     sq = np.clip(np.diagonal(raw).astype(np.float64), 0.0, None)
     if w.shape[0] >= 2:
         ortho = orthogonality_from_gram(normalise_gram(raw))

@@ -5,12 +5,33 @@ from __future__ import annotations
 import numpy as np
 
 
-def raw_channel_gram(weight: np.ndarray) -> np.ndarray:
-    """``R = W W^T`` of the flattened output channels, a float32 product (BLAS syrk)."""
+#: Channel scales (max |w|) for which squared norms stay normal float32 numbers.
+_FLOAT32_SAFE = (1e-15, 1e15)
+
+
+def float32_is_safe(channel_max: np.ndarray) -> bool:
+    """Whether every non-zero channel's squared norm is representable in float32 (no underflow
+    to a "zero channel", no overflow); trained weights always are."""
+    nonzero = channel_max[channel_max > 0]
+    if nonzero.size == 0:
+        return True
+    return bool(nonzero.min() >= _FLOAT32_SAFE[0] and nonzero.max() <= _FLOAT32_SAFE[1])
+
+
+def raw_channel_gram(weight: np.ndarray, channel_max: np.ndarray | None = None) -> np.ndarray:
+    """``R = W W^T`` of the flattened output channels.
+
+    A float32 product (BLAS syrk) when every channel's scale is safe for float32 (see
+    :func:`float32_is_safe`; ``channel_max`` = per-channel ``max|w|``, computed if not given),
+    else float64, so that tiny or huge weights are not flushed to zero or infinity.
+    """
     w = np.asarray(weight)
     v = w.reshape(w.shape[0], -1)
-    if v.dtype != np.float32:
-        v = v.astype(np.float32)
+    if channel_max is None:
+        channel_max = np.abs(v).max(axis=1) if v.size else np.zeros(v.shape[0])
+    dtype = np.float32 if float32_is_safe(np.asarray(channel_max, dtype=np.float64)) else np.float64
+    if v.dtype != dtype:
+        v = v.astype(dtype)
     return v @ v.T
 
 

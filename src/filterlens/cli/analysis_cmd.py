@@ -1,0 +1,160 @@
+"""``filterlens compare`` and ``filterlens report``: robust vs normal, depth by depth."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import pandas as pd
+import typer
+
+from ..errors import FilterlensError
+from .console import emit, err, out, rich_table
+
+STATS_COLUMNS = ["dataset", "metric", "depth_bin", "n_a", "n_b", "mean_a", "mean_b", "diff", "ci_low", "ci_high",
+                 "p_value", "significant"]
+
+
+def group_spec(db, by: Optional[str], groups: Optional[List[str]]):
+    """Two groups from ``--by COLUMN`` (its two values) or ``--groups SQL SQL`` (WHERE clauses)."""
+    from ..analysis.groups import GroupSpec
+
+    if by and groups:
+        raise FilterlensError("give either --by or --groups, not both")
+    if groups:
+        if len(groups) != 2:
+            raise FilterlensError("--groups takes two SQL conditions on the models table, e.g. "
+                                  "--groups \"training = 'adversarial'\" --groups \"training = 'normal'\"")
+        names = []
+        for cond in groups:
+            try:
+                rows = db.query(f"SELECT model FROM models WHERE {cond}")
+            except Exception as exc:  # DuckDB parser / binder errors are the user's SQL
+                raise FilterlensError(f"--groups {cond!r}: {str(exc).splitlines()[0]}") from None
+            names.append(list(rows["model"]))
+        return GroupSpec(a=names[0], b=names[1], name_a=groups[0], name_b=groups[1])
+    if not by or by == "training":
+        return GroupSpec()
+    models = db.models()
+    if by not in models.columns:
+        raise FilterlensError(f"--by {by!r}: no such column in the models table "
+                              f"({', '.join(models.columns)})")
+    values = sorted(models[by].dropna().astype(str).unique())
+    if len(values) != 2:
+        raise FilterlensError(f"--by {by!r} has {len(values)} distinct values ({', '.join(values)}); "
+                              "it needs exactly two, or use --groups SQL SQL")
+    return GroupSpec(a=f"`{by}`.astype('str') == {values[0]!r}", b=f"`{by}`.astype('str') == {values[1]!r}",
+                     name_a=values[0], name_b=values[1])
+
+
+def run_compare(db_path: Path, by, groups, pairs, n_boot: int, seed: int, shift: bool = True):
+    from ..analysis.compare import chunks_from, compare
+    from ..db import FilterDB
+
+    db = FilterDB.open(db_path)
+    models, layers = db.models(), db.layers()
+    if models.empty:
+        raise FilterlensError(f"{db_path}: the database holds no models; add some with 'filterlens extract'")
+    spec = group_spec(db, by, groups)
+    chunks = chunks_from(db)
+    result = compare(models, layers, chunks, groups=spec, pairs=pairs, n_boot=n_boot, seed=seed, shift=shift)
+    return db, layers, chunks, result
+
+
+def compare_cmd(
+    db: Path = typer.Option(..., "--db", help="Filter database directory."),
+    by: Optional[str] = typer.Option(None, "--by", help="Models-table column with two values defining the groups "
+                                     "(default: training, adversarial vs normal)."),
+    groups: Optional[List[str]] = typer.Option(None, "--groups", help="Two SQL conditions on the models table, "
+                                               "given as --groups A --groups B."),
+    pairs: Optional[str] = typer.Option(None, "--pairs", help="CSV of matched pairs (robust, normal), or 'auto' "
+                                        "to match by architecture and dataset."),
+    fmt: str = typer.Option("table", "--format", "-f", help="table | csv | json"),
+    out_file: Optional[Path] = typer.Option(None, "--out", "-o", help="Write to FILE instead of stdout."),
+    n_boot: int = typer.Option(10_000, "--n-boot", help="Bootstrap resamples for the confidence intervals."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
+    no_shift: bool = typer.Option(False, "--no-shift", help="Skip the distribution shift (reads no filters)."),
+) -> None:
+    """Compare two groups of models per metric and depth bin (means, CI, rank test, shift)."""
+    if fmt not in ("table", "csv", "json"):
+        raise FilterlensError(f"--format must be table, csv or json, not {fmt!r}")
+    _, _, _, result = run_compare(db, by, groups, pairs, n_boot, seed, shift=not no_shift)
+    if fmt == "json":
+        text = result.to_json()
+        if out_file:
+            from .console import atomic_path
+
+            with atomic_path(out_file) as tmp:
+                tmp.write_text(text + "\n")
+        else:
+            typer.echo(text)
+        return
+    stats = result.stats[[c for c in STATS_COLUMNS if c in result.stats.columns]]
+    if fmt == "csv":
+        emit(stats, "csv", out_file)
+        return
+    names = result.group_names
+    emit(stats, "table", out_file, title=f"a = {names['a']}   vs   b = {names['b']}")
+    if out_file is None:
+        if not result.shift.empty:
+            out.print(rich_table(result.shift, ["dataset", "depth_bin", "n_a", "n_b", "divergence"],
+                                 title="distribution shift (weighted symmetric KL; n = filters)"))
+        if not result.claims.empty:
+            out.print(rich_table(result.claims, ["claim", "dataset", "verdict", "statistic"],
+                                 title="the paper's claims on this data"))
+        for note in result.notes:
+            err.print(f"note: {note}", highlight=False)
+
+
+def report_cmd(
+    db: Path = typer.Option(..., "--db", help="Filter database directory."),
+    out_file: Path = typer.Option(Path("report.html"), "--out", "-o", help="HTML file to write."),
+    by: Optional[str] = typer.Option(None, "--by", help="Models-table column with two values defining the groups."),
+    groups: Optional[List[str]] = typer.Option(None, "--groups", help="Two SQL conditions on the models table."),
+    pairs: Optional[str] = typer.Option(None, "--pairs", help="CSV of matched pairs, or 'auto'."),
+    n_boot: int = typer.Option(10_000, "--n-boot", help="Bootstrap resamples."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
+) -> None:
+    """Write a self-contained HTML report (figures embedded) of the comparison."""
+    path = write_report(db, out_file, by, groups, pairs, n_boot, seed)
+    typer.echo(f"report written to {path}")
+
+
+def write_report(db: Path, out_file: Path, by=None, groups=None, pairs=None, n_boot=10_000, seed=0) -> Path:
+    from ..report.html import write_html
+    from .console import atomic_path
+
+    _, layers, chunks, result = run_compare(db, by, groups, pairs, n_boot, seed)
+    with atomic_path(out_file) as tmp:
+        write_html(result, tmp, layers=layers, filter_chunks_fn=chunks)
+    return Path(out_file).resolve()
+
+
+
+
+def demo_cmd(
+    out_dir: Path = typer.Option(Path("filterlens-demo"), "--out", "-o", help="Folder for the database and report."),
+    n_boot: int = typer.Option(2000, "--n-boot", help="Bootstrap resamples."),
+) -> None:
+    """Analyse the bundled zoo offline: database, robust-vs-normal comparison, HTML report."""
+    import time
+
+    from ..demo import run_demo
+    from . import console
+
+    start = time.perf_counter()
+    with console.err.status("extracting the bundled zoo...") as status:
+        paths = run_demo(out_dir, n_boot=n_boot, on_model=lambda name: status.update(f"extracted {name}"))
+    claims = paths["result"].claims
+    if not claims.empty:
+        out.print(rich_table(claims, ["claim", "dataset", "verdict", "statistic"],
+                             title="the paper's claims on the bundled zoo"))
+    typer.echo(f"database:   {paths['db']}")
+    typer.echo(f"comparison: {paths['comparison']}")
+    typer.echo(f"report:     {paths['report'].resolve()}   ({time.perf_counter() - start:.0f} s)")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("compare")(compare_cmd)
+    app.command("report")(report_cmd)
+    app.command("demo")(demo_cmd)

@@ -1,0 +1,113 @@
+"""Crash-safe file operations: fsync, atomic replace, the writers' lock."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import DatabaseError
+
+
+def fsync_file(path: Path) -> None:
+    """Flush ``path``'s data to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    """Flush a directory's entries (renames, new files) to disk."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def replace_durably(pairs: list[tuple[Path, Path]]) -> None:
+    """For each ``(tmp, dest)``: fsync ``tmp`` and rename it over ``dest`` (atomic on POSIX);
+    then fsync the target directories once."""
+    for tmp, _ in pairs:
+        fsync_file(tmp)
+    for tmp, dest in pairs:
+        os.replace(tmp, dest)
+    for d in dict.fromkeys(dest.parent for _, dest in pairs):
+        fsync_dir(d)
+
+
+def write_json_atomic(path: Path, obj: Any, tmp_dir: Path) -> None:
+    """Write ``obj`` as JSON to ``path``: readers see the old or the new file, never a mix."""
+    tmp = tmp_dir / f"{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, sort_keys=True)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def read_json_retry(path: Path, attempts: int = 3) -> Any:
+    """Read a JSON file that is only ever replaced atomically."""
+    for i in range(attempts):
+        try:
+            with open(path) as f:
+                return json.load(f)
+        except json.JSONDecodeError:
+            if i == attempts - 1:
+                raise
+            time.sleep(0.01)
+    raise AssertionError("unreachable")
+
+
+class WriterLock:
+    """An exclusive ``fcntl.flock`` on ``path``, held by at most one writer at a time.
+
+    The lock dies with its process, so a killed writer never leaves the database locked.
+    ``timeout`` None waits forever; ``on_wait`` is called once if the lock is busy.
+    """
+
+    def __init__(self, path: Path, timeout: float | None = None,
+                 on_wait: Callable[[], None] | None = None):
+        self.path = path
+        self.timeout = timeout
+        self.on_wait = on_wait
+        self._fd: int | None = None
+
+    def __enter__(self) -> "WriterLock":
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        waited = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                    os.close(fd)
+                    raise
+                if not waited and self.on_wait is not None:
+                    self.on_wait()
+                waited = True
+                if deadline is not None and time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise DatabaseError(
+                        f"{self.path.parent}: another process is writing to this database "
+                        f"(waited {self.timeout:g} s for its lock)"
+                    ) from None
+                time.sleep(0.05)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None

@@ -1,0 +1,105 @@
+"""Extract many model sources into a filter database, one at a time (memory: one model)."""
+
+from __future__ import annotations
+
+import gc
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Mapping
+
+import pandas as pd
+
+from ..errors import FilterlensError
+from ..metrics import DEFAULT_THRESHOLD
+from ..types import ModelFilters
+from .errors import DuplicateModelError
+from .meta import MetaTable, normalize_metadata
+from .store import FilterDB, KernelSize, model_sha256
+
+#: ``loader(source, arch, name) -> ModelFilters``
+Loader = Callable[[str, "str | None", "str | None"], ModelFilters]
+#: ``measurer(mf) -> per-layer DataFrame`` (columns as :func:`filterlens.measure.measure_model`)
+Measurer = Callable[[ModelFilters], pd.DataFrame]
+
+
+@dataclass
+class ExtractResult:
+    """The outcome for one source: ``added``, ``skipped`` (already stored) or ``failed``."""
+
+    source: str
+    status: str
+    model: str | None = None
+    message: str = ""
+    n_layers: int = 0
+    n_filters: int = 0
+
+
+def default_loader(source: str, arch: str | None, name: str | None) -> ModelFilters:
+    from ..sources import load_model  # imported late: heavy, and optional for the database itself
+
+    return load_model(source, arch=arch, name=name)
+
+
+def extract_sources(
+    db: FilterDB,
+    sources: Iterable[str],
+    *,
+    arch: str | None = None,
+    name: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    meta_table: MetaTable | None = None,
+    kernel_size: KernelSize = 3,
+    threshold: float = DEFAULT_THRESHOLD,
+    inclusive: bool = True,
+    include_transposed: bool = False,
+    skip_existing: bool = False,
+    loader: Loader | None = None,
+    measurer: Measurer | None = None,
+) -> Iterator[ExtractResult]:
+    """Load, measure and add each source; yield one :class:`ExtractResult` per source.
+
+    Metadata per model: ``metadata`` (e.g. command-line options) over the ``meta_table`` row
+    matched by source path or model name, over what the source itself knows. A failing
+    source is reported and the others go on. Only one model is in memory at a time.
+    """
+    loader = loader or default_loader
+    if measurer is None:
+        def measurer(mf: ModelFilters) -> pd.DataFrame:
+            from ..measure import measure_model
+
+            return measure_model(mf, kernel_size, threshold, inclusive, include_transposed)
+
+    overrides = normalize_metadata(metadata)
+    for source in sources:
+        source = str(source)
+        label = source
+        try:
+            row = meta_table.lookup(source, name) if meta_table is not None else None
+            wanted = name or (row or {}).get("model")
+            if wanted and skip_existing and wanted in db:
+                yield ExtractResult(source, "skipped", wanted, f"{wanted} is already in the database")
+                continue
+            mf = loader(source, arch or (row or {}).get("arch"), wanted)
+            if row is None and meta_table is not None:
+                row = meta_table.lookup(None, mf.name)
+            md = {**(row or {}), **overrides}
+            md.setdefault("source", str(Path(source).resolve()) if Path(source).exists() else source)
+            md["model"] = name or md.get("model") or mf.name
+            label = md["model"]
+            sha = model_sha256(mf)
+            existing = db.find_sha256(sha)
+            if existing is not None:  # cheap pre-check; add() checks again under the lock
+                raise DuplicateModelError(f"{label}: the same weights are already in the database as {existing}",
+                                          existing)
+            metrics = measurer(mf)
+            db.add(mf, md, metrics, _sha256=sha)
+            yield ExtractResult(source, "added", label, "", len(mf.layers), sum(l.n_filters for l in mf.layers))
+        except DuplicateModelError as exc:
+            yield ExtractResult(source, "skipped" if skip_existing else "failed", label, str(exc))
+        except FilterlensError as exc:
+            yield ExtractResult(source, "failed", None, str(exc))
+        except Exception as exc:  # one unreadable source must not stop a batch
+            yield ExtractResult(source, "failed", None, f"{source}: {type(exc).__name__}: {exc}")
+        finally:
+            mf = metrics = None  # noqa: F841 - drop the model before loading the next
+            gc.collect()

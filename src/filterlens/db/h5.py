@@ -1,0 +1,357 @@
+"""HDF5 import and export in the layout of the published CNN-Filter-DB / robustness filter data.
+
+``dataset.h5`` holds
+
+- ``filters``: an ``N x 3 x 3`` float32 dataset (``N x 9`` and the name ``filter`` are read too);
+  the row number is the filter id;
+- ``meta``: a pandas table (``pandas.HDFStore``), indexed by ``model_id, conv_depth,
+  conv_depth_norm, layer_id``, one row per layer, whose ``filter_ids`` column says which rows
+  of ``filters`` the layer owns as text ``"start:end"`` (inclusive); the other columns
+  (``model``, ``Name``, ``Robust``, ``Training-Dataset``, ``Clean Accuracy``, ...) describe the
+  layer and its model.
+
+Import streams the file model by model (h5py slices by ``filter_ids``, never the whole array)
+and keeps each meta row, so exporting the same models writes the same file contents back.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..types import ConvLayer, ModelFilters
+from .errors import DatabaseError, DuplicateModelError
+from .filestore import FiltersReader
+from .store import FilterDB
+
+INDEX = ["model_id", "conv_depth", "conv_depth_norm", "layer_id"]
+#: meta column -> models-table field, for the columns the published tables have.
+MODEL_COLUMNS = {
+    "Network": "arch",
+    "Training-Dataset": "dataset",
+    "Clean Accuracy": "clean_acc",
+    "Robust Accuracy": "robust_acc",
+    "Threat Model": "threat_model",
+    "threat_model": "threat_model",
+    "Epsilon": "eps",
+    "eps": "eps",
+}
+LAYOUT_ATTR = "h5_layout"
+
+
+@dataclass
+class ImportResult:
+    """What :func:`import_h5` did: models added, and models skipped with the reason."""
+
+    added: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    n_filters: int = 0
+
+
+def _plain(v: Any) -> Any:
+    """A JSON-friendly Python value of a meta cell."""
+    if v is None or v is pd.NA:
+        return None
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and math.isnan(v):
+        return float("nan")
+    if isinstance(v, (pd.Timestamp, np.datetime64)):
+        return str(v)
+    return v
+
+
+def parse_filter_ids(text: Any) -> tuple[int, int]:
+    """``"start:end"`` (inclusive) -> ``(start, stop)`` with ``stop`` exclusive."""
+    try:
+        a, b = str(text).split(":")
+        start, end = int(a), int(b)
+    except ValueError:
+        raise DatabaseError(f"filter_ids must look like 'start:end', not {text!r}") from None
+    if end < start or start < 0:
+        raise DatabaseError(f"filter_ids {text!r}: empty or negative range")
+    return start, end + 1
+
+
+def _robust_to_training(v: Any) -> str:
+    if isinstance(v, (bool, np.bool_)):
+        return "adversarial" if v else "normal"
+    text = str(v).strip().lower()
+    if text in ("true", "1", "yes", "robust", "adversarial"):
+        return "adversarial"
+    if text in ("false", "0", "no", "normal"):
+        return "normal"
+    return "unknown"
+
+
+def _read_meta(path: Path) -> tuple[pd.DataFrame, str]:
+    try:
+        with pd.HDFStore(path, mode="r") as store:
+            if "/meta" not in store.keys():
+                raise DatabaseError(f"{path}: no 'meta' table (expected the CNN-Filter-DB layout)")
+            fmt = "table" if store.get_storer("meta").is_table else "fixed"
+            meta = store["meta"]
+    except (OSError, ValueError) as exc:
+        raise DatabaseError(f"{path}: not a readable HDF5 filter file ({exc})") from None
+    names = list(meta.index.names)
+    if names != INDEX:
+        raise DatabaseError(f"{path}: the meta table is indexed by {names}, expected {INDEX}")
+    if "filter_ids" not in meta.columns:
+        raise DatabaseError(f"{path}: the meta table has no 'filter_ids' column")
+    return meta, fmt
+
+
+def import_h5(
+    file: str | os.PathLike,
+    db: FilterDB,
+    *,
+    measure: bool = True,
+    on_model: Callable[[str, str], None] | None = None,
+) -> ImportResult:
+    """Import a CNN-Filter-DB ``dataset.h5`` into ``db``, one model (one commit) at a time.
+
+    Each ``model_id`` becomes a model; each meta row a 3x3 layer whose weight is
+    ``(out_channels, n / out_channels, 3, 3)`` when ``out_channels`` divides its filter count
+    (so orthogonality is per output channel), else ``(n, 1, 3, 3)``. Metrics are computed
+    unless ``measure`` is False. Models already in the database (same weights or name) are
+    skipped and listed in the result. ``on_model(name, status)`` reports progress.
+    """
+    import h5py
+
+    path = Path(file)
+    if not path.exists():
+        raise DatabaseError(f"{path}: no such file")
+    meta, fmt = _read_meta(path)
+    result = ImportResult()
+    try:
+        h5 = h5py.File(path, "r")
+    except OSError as exc:
+        raise DatabaseError(f"{path}: not a readable HDF5 file ({exc})") from None
+    with h5:
+        ds_name = next((n for n in ("filters", "filter") if isinstance(h5.get(n), h5py.Dataset)), None)
+        if ds_name is None:
+            raise DatabaseError(f"{path}: no 'filters' dataset")
+        ds = h5[ds_name]
+        if ds.ndim == 3:
+            kh, kw = int(ds.shape[1]), int(ds.shape[2])
+        elif ds.ndim == 2 and ds.shape[1] == 9:
+            kh = kw = 3
+        else:
+            raise DatabaseError(f"{path}: filters dataset of shape {ds.shape}, expected N x 3 x 3 or N x 9")
+        layout = {
+            "filters_dataset": ds_name, "filters_shape": list(ds.shape[1:]), "filters_dtype": str(ds.dtype),
+            "format": fmt, "index": INDEX, "index_dtypes": [str(meta.index.get_level_values(i).dtype) for i in range(4)],
+            "columns": list(meta.columns), "dtypes": {c: str(t) for c, t in meta.dtypes.items()},
+        }
+        flat = meta.reset_index()
+        flat["_pos"] = np.arange(len(flat))
+        names_seen: set[str] = set()
+        for mid, grp in flat.groupby("model_id", sort=False):
+            first = grp.iloc[0]
+            name = next((str(first[c]) for c in ("model", "Name") if c in grp.columns and not pd.isna(first[c])),
+                        f"model_{mid}")
+            if name in names_seen:
+                name = f"{name}#{mid}"
+            names_seen.add(name)
+            depth_per_layer = "depth" in grp.columns and grp["depth"].nunique(dropna=True) > 1
+            layers, extras = [], {}
+            for _, row in grp.iterrows():
+                start, stop = parse_filter_ids(row["filter_ids"])
+                if stop > ds.shape[0]:
+                    raise DatabaseError(f"{path}: filter_ids {row['filter_ids']} beyond the {ds.shape[0]} filters")
+                filters = np.asarray(ds[start:stop]).reshape(stop - start, kh, kw)
+                layer = _layer_from_row(row, filters, depth_per_layer, {l.name for l in layers})
+                layers.append(layer)
+                record = {c: _plain(row[c]) for c in flat.columns if c not in ("filter_ids", "_pos")}
+                extras[layer.name] = {"h5": {"pos": int(row["_pos"]), "filter_start": start, "row": record}}
+            mf = ModelFilters(name=name, source=f"{path.resolve()}#model_id={mid}", layers=layers, depth_source="h5")
+            md: dict[str, Any] = {"extra": {"h5_model_id": _plain(mid)}}
+            for col, key in MODEL_COLUMNS.items():
+                if col in grp.columns and not pd.isna(first[col]):
+                    md[key] = first[col]
+            if "Robust" in grp.columns and not pd.isna(first["Robust"]):
+                md["training"] = _robust_to_training(first["Robust"])
+            try:
+                db.add(mf, md, measure=measure, kernel_size=None, layer_extra=extras)
+            except DuplicateModelError as exc:
+                result.skipped.append((name, str(exc)))
+                if on_model:
+                    on_model(name, "skipped")
+                continue
+            result.added.append(name)
+            result.n_filters += sum(l.n_filters for l in layers)
+            if on_model:
+                on_model(name, "added")
+    db.set_attr(LAYOUT_ATTR, layout)
+    return result
+
+
+def _layer_from_row(row: pd.Series, filters: np.ndarray, depth_per_layer: bool, taken: set[str]) -> ConvLayer:
+    n = filters.shape[0]
+    out_c = _int_or_none(row.get("out_channels"))
+    in_c = _int_or_none(row.get("in_channels"))
+    a = out_c if out_c and n % out_c == 0 else n
+    b = n // a
+    groups = in_c // b if in_c and b and in_c % b == 0 and in_c // b >= 1 else 1
+    name = next((str(row[c]) for c in ("layer", "layer_name") if c in row.index and not pd.isna(row[c])),
+                f"layer_{row['layer_id']}")
+    if name in taken:
+        name = f"{name}#{row['layer_id']}"
+    return ConvLayer(
+        name=name,
+        weight=filters.reshape(a, b, filters.shape[1], filters.shape[2]),
+        groups=groups,
+        depth=_int_or_none(row.get("depth")) if depth_per_layer else None,
+        conv_depth=_int_or_none(row["conv_depth"]),
+        conv_depth_norm=None if pd.isna(row["conv_depth_norm"]) else float(row["conv_depth_norm"]),
+    )
+
+
+def _int_or_none(v: Any) -> int | None:
+    if v is None or v is pd.NA:
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(f) else int(f)
+
+
+def _native_row(layer: pd.Series, model: pd.Series) -> dict:
+    """A meta row for a layer that was not imported from HDF5."""
+    return {
+        "model_id": int(model["model_id"]),
+        "conv_depth": layer["conv_depth"],
+        "conv_depth_norm": layer["conv_depth_norm"],
+        "layer_id": int(layer["layer_index"]),
+        "model": model["model"],
+        "Name": model["model"],
+        "layer": layer["layer"],
+        "in_channels": int(layer["in_channels"]),
+        "out_channels": int(layer["out_channels"]),
+        "depth": layer["depth"],
+        "Robust": model["training"] == "adversarial",
+        "training": model["training"],
+        "Training-Dataset": model["dataset"],
+        "Clean Accuracy": model["clean_acc"],
+        "Robust Accuracy": model["robust_acc"],
+        "Network": model["arch"],
+        "Backbone": model["arch"],
+    }
+
+
+def export_h5(
+    db: FilterDB,
+    file: str | os.PathLike,
+    models: Sequence[str] | None = None,
+    *,
+    include_transposed: bool = False,
+) -> dict[str, Any]:
+    """Write the 3x3 filters of ``db`` (or of ``models``) as a CNN-Filter-DB ``dataset.h5``.
+
+    Models imported with :func:`import_h5` get their meta rows, filter ids and column types
+    back as they were; other models get rows built from the database (``Robust`` is True for
+    adversarial training, ``training`` keeps the exact value). Filters of other dtypes are
+    converted to float32 (say so in the result). Writes to a temporary file, then renames.
+    Returns counts.
+    """
+    import h5py
+
+    path = Path(file)
+    snap = db.snapshot()
+    layout = snap.manifest.get("attrs", {}).get(LAYOUT_ATTR) or {}
+    kh, kw = (3, 3)
+    layers = snap.layers
+    mods = snap.models
+    if models is not None:
+        missing = set(models) - set(mods["model"])
+        if missing:
+            raise DatabaseError(f"no model {', '.join(sorted(missing))} in the database")
+        mods = mods[mods["model"].isin(models)]
+    sel = layers[layers["model_id"].isin(mods["model_id"]) & (layers["kernel_h"] == kh) & (layers["kernel_w"] == kw)]
+    if not include_transposed:
+        sel = sel[~sel["transposed"]]
+    if sel.empty:
+        raise DatabaseError("no 3x3 layers to export")
+    extras = [json.loads(e).get("h5") if isinstance(e, str) else None for e in sel["extra"]]
+    model_order = {mid: i for i, mid in enumerate(mods["model_id"])}
+    # imported rows keep their original order; others follow, by model then layer
+    keys = [(0, h["pos"], 0) if h else (1, model_order[m], li)
+            for h, m, li in zip(extras, sel["model_id"], sel["layer_index"])]
+    order = sorted(range(len(sel)), key=lambda i: keys[i])
+    sel = sel.iloc[order].reset_index(drop=True)
+    extras = [extras[i] for i in order]
+    counts = sel["n_filters"].to_numpy(np.int64)
+    total = int(counts.sum())
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    if all(h is not None for h in extras):  # keep the original filter ids if they tile 0..N
+        orig = np.array([h["filter_start"] for h in extras], dtype=np.int64)
+        o = np.argsort(orig, kind="stable")
+        if orig[o][0] == 0 and (orig[o][1:] == (orig[o] + counts[o])[:-1]).all():
+            starts = orig
+    by_id = mods.set_index("model_id", drop=False)
+    rows = []
+    for r, h, s, n in zip(sel.itertuples(index=False), extras, starts, counts):
+        row = dict(h["row"]) if h else _native_row(pd.Series(r._asdict()), by_id.loc[r.model_id])
+        row["filter_ids"] = f"{int(s)}:{int(s + n - 1)}"
+        rows.append(row)
+    meta = _meta_frame(rows, layout)
+
+    ds_name = layout.get("filters_dataset", "filters")
+    shape = (total, *layout.get("filters_shape", [kh, kw]))
+    converted = sorted(set(sel["dtype"]) - {"float32"})
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        with h5py.File(tmp, "w") as h5:
+            ds = h5.create_dataset(ds_name, shape=shape, dtype=np.float32)
+            reader: FiltersReader | None = None
+            for r, s, n in zip(sel.itertuples(index=False), starts, counts):
+                if reader is None or reader.path != db.path / r.file:
+                    if reader is not None:
+                        reader.close()
+                    reader = FiltersReader(db.path / r.file, (kh, kw), r.dtype)
+                pos = int(s)
+                for piece in reader.pieces(int(r.row_offset), int(r.row_offset) + int(n)):
+                    ds[pos:pos + piece.shape[0]] = piece.astype(np.float32, copy=False).reshape(piece.shape[0], *shape[1:])
+                    pos += piece.shape[0]
+            if reader is not None:
+                reader.close()
+        meta.to_hdf(tmp, key="meta", mode="a", format=layout.get("format", "table"))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return {"file": str(path), "n_models": int(sel["model_id"].nunique()), "n_layers": len(sel),
+            "n_filters": total, "converted_to_float32": converted}
+
+
+def _meta_frame(rows: list[dict], layout: dict) -> pd.DataFrame:
+    """The meta table from row dicts, with the imported file's column order and dtypes."""
+    df = pd.DataFrame(rows)
+    index = layout.get("index", INDEX)
+    columns = [c for c in layout.get("columns", []) if c in df.columns]
+    columns += [c for c in df.columns if c not in columns and c not in index]
+    for c, dt in layout.get("dtypes", {}).items():
+        if c in df.columns:
+            try:
+                df[c] = df[c].astype(dt)
+            except (TypeError, ValueError):
+                pass
+    levels = []
+    for name, dt in zip(index, layout.get("index_dtypes", [None] * len(index))):
+        col = df[name]
+        if dt:
+            try:
+                col = col.astype(dt)
+            except (TypeError, ValueError):
+                pass
+        levels.append(col)
+    df.index = pd.MultiIndex.from_arrays(levels, names=index)
+    return df[columns]

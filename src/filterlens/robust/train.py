@@ -1,0 +1,310 @@
+"""Normal and adversarial training (PGD, FGSM with random start, TRADES) on CPU-sized problems.
+
+Inputs are in [0, 1]; the model normalises them itself. Everything random (initialisation,
+shuffling, augmentation, attack starts) is drawn from generators seeded by ``seed``, so two runs
+with the same seed and thread count give identical weights.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..errors import FilterlensError
+
+METHODS = ("normal", "pgd", "fgsm-rs", "trades")
+SCHEDULES = ("onecycle", "cosine", "step", "constant")
+
+
+class TrainingError(FilterlensError):
+    """A training setting is invalid."""
+
+
+@dataclass
+class TrainConfig:
+    """How to train. ``lr`` is the peak learning rate of the schedule.
+
+    ``alpha`` (attack step) defaults to ``1.25 * eps`` for ``fgsm-rs`` (Wong et al. 2020),
+    ``2.5 * eps / attack_steps`` for ``pgd`` and ``eps / 4`` for ``trades``.
+    """
+
+    method: str = "normal"
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    schedule: str = "onecycle"
+    warmup: float = 0.4  # one-cycle: fraction of the run spent rising linearly to ``lr``
+    step_every: int = 30  # step schedule: epochs between decays
+    step_gamma: float = 0.1
+    eps: float = 8 / 255
+    alpha: float | None = None
+    attack_steps: int | None = None  # pgd: 7, trades: 5 by default
+    trades_beta: float = 6.0
+    eps_warmup: float = 0.0  # fraction of the run over which eps (and alpha) ramp up linearly from 0
+    crop_padding: int = 4
+    flip: bool = True
+    seed: int = 0
+    threads: int | None = 2
+    channels_last: bool = True
+    deterministic: bool = True
+    guard: bool | None = None  # stop and roll back on catastrophic overfitting (default: on for fgsm-rs)
+    guard_n: int = 256
+
+    def __post_init__(self) -> None:
+        self.method = self.method.lower().replace("_", "-")
+        if self.method not in METHODS:
+            raise TrainingError(f"unknown training {self.method!r}; use one of {', '.join(METHODS)}")
+        if self.schedule not in SCHEDULES:
+            raise TrainingError(f"unknown schedule {self.schedule!r}; use one of {', '.join(SCHEDULES)}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise TrainingError("epochs and batch size must be positive")
+        if self.method != "normal" and not (0 < self.eps <= 1):
+            raise TrainingError(f"adversarial training needs 0 < eps <= 1, got {self.eps}")
+        if self.attack_steps is None:
+            self.attack_steps = {"pgd": 7, "trades": 5}.get(self.method, 1)
+        if self.alpha is None:
+            self.alpha = {
+                "fgsm-rs": 1.25 * self.eps,
+                "pgd": 2.5 * self.eps / self.attack_steps,
+                "trades": self.eps / 4,
+            }.get(self.method, 0.0)
+        if self.guard is None:
+            self.guard = self.method == "fgsm-rs"
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        if self.method == "normal":
+            for k in ("eps", "alpha", "attack_steps", "trades_beta", "eps_warmup", "guard", "guard_n"):
+                d.pop(k)
+        elif self.method != "trades":
+            d.pop("trades_beta")
+        return d
+
+
+def lr_at(cfg: TrainConfig, it: int, total: int, per_epoch: int) -> float:
+    """The learning rate of iteration ``it`` of ``total``."""
+    if cfg.schedule == "constant":
+        return cfg.lr
+    if cfg.schedule == "step":
+        return cfg.lr * cfg.step_gamma ** ((it // per_epoch) // cfg.step_every)
+    t = (it + 1) / total
+    if cfg.schedule == "cosine":
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * t))
+    w = cfg.warmup  # onecycle: linear 0 -> lr -> 0 (Smith; Wong et al.'s cyclic schedule)
+    return cfg.lr * (t / w if t < w else max(0.0, (1 - t) / (1 - w)))
+
+
+@contextmanager
+def torch_settings(threads: int | None, deterministic: bool) -> Iterator[None]:
+    """Temporarily set the thread count and deterministic algorithms."""
+    old_threads = torch.get_num_threads()
+    old_det = torch.are_deterministic_algorithms_enabled()
+    old_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    try:
+        if threads:
+            torch.set_num_threads(int(threads))
+        if deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        yield
+    finally:
+        torch.set_num_threads(old_threads)
+        torch.use_deterministic_algorithms(old_det, warn_only=old_warn)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# --- the inner maximisations -------------------------------------------------------------------
+
+def _fgsm_rs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float, g: torch.Generator) -> torch.Tensor:
+    delta = (torch.rand(x.shape, generator=g) * 2 - 1).mul_(eps)
+    delta = ((x + delta).clamp_(0, 1) - x).requires_grad_(True)
+    loss = F.cross_entropy(model(x + delta), y)
+    (grad,) = torch.autograd.grad(loss, delta)
+    delta = (delta.detach() + alpha * grad.sign()).clamp_(-eps, eps)
+    return (x + delta).clamp_(0, 1)
+
+
+def _pgd_train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float, steps: int, g: torch.Generator) -> torch.Tensor:
+    lo, hi = (x - eps).clamp(min=0), (x + eps).clamp(max=1)
+    x_adv = torch.max(torch.min(x + (torch.rand(x.shape, generator=g) * 2 - 1) * eps, hi), lo)
+    for _ in range(steps):
+        x_adv.requires_grad_(True)
+        loss = F.cross_entropy(model(x_adv), y)
+        (grad,) = torch.autograd.grad(loss, x_adv)
+        x_adv = torch.max(torch.min(x_adv.detach() + alpha * grad.sign(), hi), lo)
+    return x_adv
+
+
+def _trades_adv(model: nn.Module, x: torch.Tensor, eps: float, alpha: float, steps: int, g: torch.Generator) -> torch.Tensor:
+    """TRADES' inner maximisation of KL(f(x) || f(x')) (model in eval mode, as in the reference code)."""
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        p_nat = F.softmax(model(x), dim=1)
+    lo, hi = (x - eps).clamp(min=0), (x + eps).clamp(max=1)
+    x_adv = torch.max(torch.min(x + 0.001 * torch.randn(x.shape, generator=g), hi), lo)
+    for _ in range(steps):
+        x_adv.requires_grad_(True)
+        loss = F.kl_div(F.log_softmax(model(x_adv), dim=1), p_nat, reduction="sum")
+        (grad,) = torch.autograd.grad(loss, x_adv)
+        x_adv = torch.max(torch.min(x_adv.detach() + alpha * grad.sign(), hi), lo)
+    model.train(was)
+    return x_adv.detach()
+
+
+# --- the loop ----------------------------------------------------------------------------------
+
+@dataclass
+class TrainResult:
+    history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    images_per_second: float = 0.0
+    stopped_early: bool = False
+    note: str = ""
+
+
+def _guard_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, g: torch.Generator) -> float:
+    from .attacks import pgd
+
+    model.eval()
+    xa = pgd(model, x, y, eps, steps=5, generator=g)
+    with torch.inference_mode():
+        acc = float((model(xa).argmax(1) == y).float().mean())
+    model.train()
+    return acc
+
+
+def train_model(
+    model: nn.Module,
+    data,
+    cfg: TrainConfig,
+    *,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+    description: str = "training",
+) -> TrainResult:
+    """Train ``model`` in place on ``data`` (an ``ArrayDataset`` or ``(uint8 NHWC images, labels)``)."""
+    from ..data import BatchLoader
+
+    with torch_settings(cfg.threads, cfg.deterministic):
+        gen = torch.Generator().manual_seed(cfg.seed)
+        attack_gen = torch.Generator().manual_seed(cfg.seed + 1_000_003)
+        loader = BatchLoader(
+            data, cfg.batch_size, shuffle=True, crop_padding=cfg.crop_padding, flip=cfg.flip,
+            drop_last=True, channels_last=cfg.channels_last, generator=gen,
+        )
+        if len(loader) == 0:
+            raise TrainingError(f"{loader.num_examples} training examples are fewer than one batch of {cfg.batch_size}")
+        if cfg.channels_last:
+            model.to(memory_format=torch.channels_last)
+        model.train()
+        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                              weight_decay=cfg.weight_decay)
+        per_epoch = len(loader)
+        total = per_epoch * cfg.epochs
+        eps, alpha, steps = cfg.eps, float(cfg.alpha or 0.0), int(cfg.attack_steps or 1)
+        guard_x = guard_y = None
+        best_guard, best_state = -1.0, None
+        if cfg.guard and cfg.method != "normal":
+            guard_x, guard_y = BatchLoader(data, cfg.guard_n, channels_last=cfg.channels_last)._batch(
+                torch.arange(min(cfg.guard_n, loader.num_examples)))
+        result = TrainResult()
+        bar = None
+        if progress:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+            bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                           TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[stats]}"))
+            task = bar.add_task(description, total=total, stats="")
+            bar.start()
+        t0 = time.perf_counter()
+        it = 0
+        try:
+            for epoch in range(cfg.epochs):
+                te = time.perf_counter()
+                loss_sum = torch.zeros(())
+                correct = torch.zeros((), dtype=torch.long)
+                seen = 0
+                for x, y in loader:
+                    lr = lr_at(cfg, it, total, per_epoch)
+                    for group in opt.param_groups:
+                        group["lr"] = lr
+                    if cfg.eps_warmup > 0 and cfg.method != "normal":
+                        ramp = min(1.0, (it + 1) / (cfg.eps_warmup * total))
+                        eps, alpha = cfg.eps * ramp, float(cfg.alpha or 0.0) * ramp
+                    if cfg.method == "normal":
+                        logits = model(x)
+                        loss = F.cross_entropy(logits, y)
+                    elif cfg.method == "fgsm-rs":
+                        logits = model(_fgsm_rs(model, x, y, eps, alpha, attack_gen))
+                        loss = F.cross_entropy(logits, y)
+                    elif cfg.method == "pgd":
+                        logits = model(_pgd_train(model, x, y, eps, alpha, steps, attack_gen))
+                        loss = F.cross_entropy(logits, y)
+                    else:  # trades
+                        x_adv = _trades_adv(model, x, eps, alpha, steps, attack_gen)
+                        logits = model(x)
+                        logits_adv = model(x_adv)
+                        loss = F.cross_entropy(logits, y) + cfg.trades_beta * F.kl_div(
+                            F.log_softmax(logits_adv, dim=1), F.softmax(logits, dim=1), reduction="batchmean")
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    loss_sum += loss.detach() * len(y)
+                    correct += (logits.detach().argmax(1) == y).sum()
+                    seen += len(y)
+                    it += 1
+                    if bar is not None:
+                        bar.advance(task)
+                if not math.isfinite(float(loss_sum)):
+                    raise TrainingError(f"the loss diverged in epoch {epoch + 1}; lower the learning rate")
+                rec = {"epoch": epoch + 1, "loss": float(loss_sum) / seen, "train_acc": int(correct) / seen,
+                       "lr_end": lr, "seconds": round(time.perf_counter() - te, 2)}
+                if guard_x is not None:
+                    acc = _guard_accuracy(model, guard_x, guard_y, cfg.eps, attack_gen)
+                    rec["guard_pgd5_acc"] = acc
+                    if acc >= best_guard or (cfg.eps_warmup > 0 and it <= cfg.eps_warmup * total):
+                        best_guard = acc
+                        best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                    elif best_guard - acc > 0.2:
+                        model.load_state_dict(best_state)
+                        result.stopped_early = True
+                        result.note = (f"catastrophic overfitting in epoch {epoch + 1} (PGD-5 accuracy on "
+                                       f"{len(guard_y)} training images fell from {best_guard:.2f} to {acc:.2f}); "
+                                       f"rolled back to the best epoch")
+                result.history.append(rec)
+                if bar is not None:
+                    bar.update(task, stats=f"epoch {epoch + 1}: loss {rec['loss']:.3f} acc {rec['train_acc']:.3f}")
+                if log:
+                    extra = f" guard-pgd {rec['guard_pgd5_acc']:.3f}" if "guard_pgd5_acc" in rec else ""
+                    log(f"  epoch {epoch + 1}/{cfg.epochs}: loss {rec['loss']:.4f} train-acc {rec['train_acc']:.4f}"
+                        f"{extra} ({rec['seconds']:.0f} s)")
+                if result.stopped_early:
+                    if log:
+                        log("  " + result.note)
+                    break
+        finally:
+            if bar is not None:
+                bar.stop()
+        result.seconds = time.perf_counter() - t0
+        result.images_per_second = it * cfg.batch_size / max(result.seconds, 1e-9)
+        model.eval()
+        if cfg.channels_last:
+            model.to(memory_format=torch.contiguous_format)
+        return result

@@ -1,0 +1,244 @@
+"""The recipe of filterlens' bundled model zoo, and the code that trains it.
+
+Ten small CIFAR-10 models (two architectures with >= 8 3x3 convs, normally and adversarially
+trained with FGSM + random start at L-inf 8/255, several seeds) and two MNIST LeNet5s (normal and
+PGD-trained at L-inf 0.3). Sizes were chosen from a throughput benchmark on a shared 2-core CPU
+so that the whole zoo trains in about an hour with two single-threaded workers
+(``filterlens zoo train --jobs 2 --threads 1``) and weighs about 15 MB.
+
+All CIFAR models of one architecture share one recipe (data subset, epochs, optimiser,
+schedule) and differ only in training method and seed, so normal/robust pairs are comparable.
+This is a shortened schedule, not the paper's 125-epoch recipe for the normal counterparts
+(``docs/science.md``, "Training the normal counterparts"); the cards record every setting.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+ZOO_DIR = Path(__file__).resolve().parent
+WEIGHTS_DIR = ZOO_DIR / "weights"
+INDEX_FILE = ZOO_DIR / "index.json"
+
+CIFAR_EPS = "8/255"
+MNIST_EPS = "0.3"
+
+#: How every zoo model is evaluated: clean accuracy on the whole test split, PGD-20 (one random
+#: start, step 2.5 * eps / 20) on a fixed class-balanced subset of 1000 test images (seed 0).
+EVALUATION = {"n_eval": None, "n_attack": 1000, "pgd_steps": 20}
+
+
+@dataclass(frozen=True)
+class ZooModel:
+    name: str
+    arch: str
+    dataset: str
+    training: str
+    seed: int
+    epochs: int
+    n_train: int | None
+    eps: str | None = None
+    arch_kwargs: dict = field(default_factory=dict)
+    options: dict = field(default_factory=dict)  # further TrainConfig fields
+    cost: float = 1.0  # relative training cost, for scheduling the longest jobs first
+
+    @property
+    def weights(self) -> Path:
+        return WEIGHTS_DIR / f"{self.name}.safetensors"
+
+
+_CIFAR_COMMON = dict(dataset="cifar10", epochs=10, n_train=20000)
+_CIFAR_OPTS = dict(lr=0.1, batch_size=128, schedule="onecycle", momentum=0.9, nesterov=True, weight_decay=5e-4)
+
+
+def _cifar(arch: str, width: int, training: str, seed: int, cost: float) -> ZooModel:
+    short = {"small_resnet14": "resnet14", "small_vgg8": "vgg8"}[arch]
+    tag = {"normal": "normal", "fgsm-rs": "fgsmrs", "pgd": "pgd", "trades": "trades"}[training]
+    return ZooModel(
+        name=f"cifar10_{short}_{tag}_s{seed}", arch=arch, training=training, seed=seed,
+        eps=None if training == "normal" else CIFAR_EPS, arch_kwargs={"width": width},
+        options=dict(_CIFAR_OPTS), cost=cost, **_CIFAR_COMMON,
+    )
+
+
+RECIPE: list[ZooModel] = [
+    _cifar("small_vgg8", 16, "normal", 0, 1.0),
+    _cifar("small_vgg8", 16, "fgsm-rs", 0, 2.0),
+    _cifar("small_resnet14", 16, "fgsm-rs", 0, 5.0),
+    _cifar("small_resnet14", 16, "normal", 0, 2.5),
+    _cifar("small_resnet14", 16, "fgsm-rs", 1, 5.0),
+    _cifar("small_resnet14", 16, "normal", 1, 2.5),
+    _cifar("small_vgg8", 16, "fgsm-rs", 1, 2.0),
+    _cifar("small_vgg8", 16, "normal", 1, 1.0),
+    _cifar("small_vgg8", 16, "fgsm-rs", 2, 2.0),
+    _cifar("small_vgg8", 16, "normal", 2, 1.0),
+    ZooModel(
+        name="mnist_lenet5_pgd_s0", arch="lenet5", dataset="mnist", training="pgd", seed=0, epochs=3,
+        n_train=30000, eps=MNIST_EPS,
+        options=dict(lr=0.05, batch_size=128, schedule="onecycle", attack_steps=10, eps_warmup=0.3), cost=2.0,
+    ),
+    ZooModel(
+        name="mnist_lenet5_normal_s0", arch="lenet5", dataset="mnist", training="normal", seed=0, epochs=3,
+        n_train=30000, options=dict(lr=0.05, batch_size=128, schedule="onecycle"), cost=0.3,
+    ),
+]
+
+
+def get(name: str) -> ZooModel:
+    for m in RECIPE:
+        if m.name == name:
+            return m
+    from ..errors import FilterlensError
+
+    raise FilterlensError(f"no zoo model {name!r}; known: {', '.join(m.name for m in RECIPE)}")
+
+
+def _log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def train_one(entry: ZooModel, *, out_dir: Path = WEIGHTS_DIR, threads: int = 1, data_dir: str | None = None,
+              progress: bool = False) -> dict:
+    """Train one zoo model and write ``<out_dir>/<name>.safetensors`` + ``.json``; returns its card."""
+    from ..robust.attacks import parse_eps
+    from ..robust.pipeline import train_and_save
+
+    return train_and_save(
+        dataset=entry.dataset, arch=entry.arch, out=Path(out_dir) / f"{entry.name}.safetensors",
+        training=entry.training, eps=parse_eps(entry.eps) if entry.eps else None, epochs=entry.epochs,
+        seed=entry.seed, n_train=entry.n_train, data_dir=data_dir, arch_kwargs=dict(entry.arch_kwargs),
+        progress=progress, log=lambda m: _log(f"{entry.name} | {m.strip()}"), name=entry.name,
+        threads=threads, card_extra={"zoo": True, "recipe": asdict(entry)}, **EVALUATION, **entry.options,
+    )
+
+
+def _worker(name: str, out_dir: str, threads: int, data_dir: str | None) -> tuple[str, str | None]:
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    try:
+        import torch
+
+        torch.set_num_threads(threads)
+        train_one(get(name), out_dir=Path(out_dir), threads=threads, data_dir=data_dir)
+        write_index(Path(out_dir))
+        return name, None
+    except Exception as e:  # report and go on with the other models
+        import traceback
+
+        _log(f"{name} | FAILED: {e}\n{traceback.format_exc()}")
+        return name, f"{type(e).__name__}: {e}"
+
+
+def index_path(out_dir: Path) -> Path:
+    out_dir = Path(out_dir).resolve()
+    return INDEX_FILE if out_dir == WEIGHTS_DIR.resolve() else out_dir / "index.json"
+
+
+def write_index(out_dir: Path = WEIGHTS_DIR) -> Path:
+    """(Re)write the index of the trained models found in ``out_dir``, in recipe order."""
+    from ..robust.card import _atomic_write, read_card
+
+    out_dir = Path(out_dir)
+    ip = index_path(out_dir)
+    order = {m.name: i for i, m in enumerate(RECIPE)}
+    rows = []
+    for card_file in sorted(out_dir.glob("*.json"), key=lambda p: (order.get(p.stem, 1 << 30), p.stem)):
+        if card_file.resolve() == ip.resolve():
+            continue
+        weights = card_file.with_suffix(".safetensors")
+        if not weights.is_file():
+            continue
+        try:
+            card = read_card(card_file)
+        except Exception:
+            continue
+        res = card.get("results", {})
+        rows.append({
+            "name": card.get("name", card_file.stem),
+            "file": os.path.relpath(weights, ip.parent),
+            "arch": card.get("arch"),
+            "dataset": card.get("dataset"),
+            "training": card.get("training", {}).get("method"),
+            "robust": card.get("robust"),
+            "eps": card.get("threat_model", {}).get("eps_str") if card.get("robust") else None,
+            "seed": card.get("seed"),
+            "epochs": card.get("epochs"),
+            "n_train": card.get("n_train"),
+            "n_params": card.get("n_params"),
+            "clean_accuracy": res.get("clean", {}).get("accuracy"),
+            "pgd_accuracy": res.get("pgd", {}).get("accuracy"),
+            "pgd": {k: res.get("pgd", {}).get(k) for k in ("eps_str", "steps", "n")},
+            "training_time_s": card.get("training_time_s"),
+            "size_bytes": weights.stat().st_size,
+        })
+    index = {
+        "format": "filterlens-zoo-index/1",
+        "evaluation": EVALUATION,
+        "models": rows,
+        "total_training_time_s": round(sum(r["training_time_s"] or 0 for r in rows), 1),
+        "total_size_bytes": sum(r["size_bytes"] for r in rows),
+    }
+    _atomic_write(ip, (json.dumps(index, indent=2) + "\n").encode())
+    return ip
+
+
+def train_zoo(
+    names: Iterable[str] | None = None,
+    *,
+    out_dir: Path = WEIGHTS_DIR,
+    jobs: int = 2,
+    threads: int = 1,
+    force: bool = False,
+    data_dir: str | None = None,
+    log: Callable[[str], None] = _log,
+) -> dict[str, str | None]:
+    """Train the zoo model by model (``jobs`` worker processes of ``threads`` threads each).
+
+    Every finished model is written at once, and the index is rewritten after each one, so an
+    interrupted run keeps what it finished; models whose weights exist are skipped unless ``force``.
+    Returns ``{name: None or the error}``.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    entries = [get(n) for n in names] if names else list(RECIPE)
+    todo = [e for e in entries if force or not (out_dir / f"{e.name}.safetensors").is_file()]
+    for e in entries:
+        if e not in todo:
+            log(f"{e.name} | exists, skipped (use --force to retrain)")
+    # Load (and cache) the data once before forking the workers.
+    from ..data import load_dataset
+
+    for ds in sorted({e.dataset for e in todo}):
+        for split in ("train", "test"):
+            load_dataset(ds, split, data_dir=data_dir)
+    t0 = time.perf_counter()
+    log(f"training {len(todo)} zoo models with {jobs} worker(s) x {threads} thread(s)")
+    status: dict[str, str | None] = {}
+    if jobs <= 1:
+        for e in todo:
+            status.update([_worker(e.name, str(out_dir), threads, data_dir)])
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        ctx = mp.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, max_tasks_per_child=1) as pool:
+            futs = [pool.submit(_worker, e.name, str(out_dir), threads, data_dir) for e in todo]
+            for f in as_completed(futs):
+                name, err = f.result()
+                status[name] = err
+                done = sum(1 for v in status.values() if v is None)
+                log(f"{name} | {'done' if err is None else 'FAILED'} ({done}/{len(todo)} done, "
+                    f"{(time.perf_counter() - t0) / 60:.1f} min elapsed)")
+    write_index(out_dir)
+    log(f"zoo finished in {(time.perf_counter() - t0) / 60:.1f} min; index: {index_path(out_dir)}")
+    return status
+
+
+if __name__ == "__main__":  # python -m filterlens.zoo.recipe [names...]
+    train_zoo(sys.argv[1:] or None)
