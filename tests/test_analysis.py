@@ -616,3 +616,26 @@ def test_filter_database_shaped_inputs():
     res = compare(models, layers, plain, n_boot=100)
     pd.testing.assert_frame_equal(res_db.shift, res.shift)
     assert not res_db.notes
+
+
+def test_shuffled_null_separates_sampling_noise_from_real_shift():
+    """Few filters inflate the histogram KL; the label-shuffled null measures that inflation."""
+    from filterlens.analysis.shift import distribution_shift
+
+    layers = pd.DataFrame({"model": ["a1", "b1"], "layer": ["conv", "conv"], "conv_depth": [0, 0],
+                           "conv_depth_norm": [0.0, 0.0]})
+
+    def shift(n, offset, seed=7):
+        rng = np.random.default_rng(seed)
+        f = {"a1": rng.normal(size=(n, 3, 3)), "b1": rng.normal(size=(n, 3, 3)) + offset * np.eye(3)}
+        res = distribution_shift(layers, {"a1": "a", "b1": "b"}, lambda m, l: [f[m]], by_bin=False)
+        return res.table.iloc[0]
+
+    # 48 filters (an RGB first layer of 16 channels) in 70 bins: two samples of ONE distribution
+    # already give a divergence near 10, and the null is of the same size.
+    small = shift(48, 0.0)
+    assert small["divergence"] > 3 and abs(small["excess"]) < 0.3 * small["divergence"]
+    # With enough filters the null is small, and a real difference stands far above it.
+    same, moved = shift(2000, 0.0), shift(2000, 2.0)
+    assert same["divergence_null"] < 0.2 and abs(same["excess"]) < 0.05
+    assert moved["excess"] > 0.9 * moved["divergence"] > 1.0

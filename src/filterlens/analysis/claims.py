@@ -133,9 +133,13 @@ def _deepest(stats: pd.DataFrame, dataset: str, metric: str) -> str | None:
 
 def _shift_by_depth(shift: pd.DataFrame, dataset: str) -> dict:
     claim = "shift_last_and_first"
-    decided = "descriptive: weighted symmetric KL by depth bin (no test)"
     sub = shift[(shift["dataset"] == dataset) & (shift["depth_bin"] != ALL)]
-    div = {b: float(v) for b, v in zip(sub["depth_bin"], sub["divergence"]) if np.isfinite(v)}
+    # The histogram KL grows as filters get few (the first layer has the fewest), so bins are
+    # compared by their excess over the label-shuffled null when it is known.
+    column = "excess" if "excess" in sub and np.isfinite(sub["excess"].astype(float)).any() else "divergence"
+    decided = ("descriptive: weighted symmetric KL by depth bin, minus the label-shuffled null (no test)"
+               if column == "excess" else "descriptive: weighted symmetric KL by depth bin (no test)")
+    div = {b: float(v) for b, v in zip(sub["depth_bin"], sub[column]) if np.isfinite(v)}
     edge = {b: v for b, v in div.items() if b == FIRST or b in _LAST}
     middle = {b: v for b, v in div.items() if b not in edge}
     if not edge or not middle:

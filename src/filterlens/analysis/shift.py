@@ -216,7 +216,8 @@ class ShiftResult:
     notes: list[str] = field(default_factory=list)
 
 
-SHIFT_COLUMNS = ["dataset", "depth_bin", "n_a", "n_b", "divergence", "range_low", "range_high", "note"]
+SHIFT_COLUMNS = ["dataset", "depth_bin", "n_a", "n_b", "divergence", "divergence_null", "excess", "range_low",
+                 "range_high", "note"]
 
 
 # --------------------------------------------------------------------------- streaming
@@ -283,6 +284,7 @@ def distribution_shift(
     threshold: float = DEFAULT_THRESHOLD,
     inclusive: bool = True,
     eps: float = HIST_EPS,
+    null_seed: int = 0,
 ) -> ShiftResult:
     """Streamed distribution shift between group ``a`` and group ``b`` (module docstring).
 
@@ -389,8 +391,13 @@ def distribution_shift(
         else:
             ranges[s] = np.stack([lo[s], hi[s]], axis=1)
 
-    # pass 3: histogram counts
+    # pass 3: histogram counts. Alongside, the same filters are dealt at random to two
+    # pseudo-groups of the real groups' sizes: their divergence is what sampling noise alone
+    # gives at these sample sizes (the histogram KL is biased upwards for few filters).
     counts = {s: np.zeros((2, k, n_bins)) for s in bases}
+    null_counts = {s: np.zeros((2, k, n_bins)) for s in bases}
+    share_a = {s: moments[(s, 0)].n / (moments[(s, 0)].n + moments[(s, 1)].n) for s in bases}
+    rng = np.random.default_rng(null_seed)
     for unit in units:
         live = [s for s in unit.scopes if s in bases]
         if not live:
@@ -402,15 +409,20 @@ def distribution_shift(
                 # the clip is a no-op (pass 2 saw these very values); it guards against a
                 # value falling just outside the range and being dropped silently
                 coef = np.clip(bases[s].project(x), ranges[s][:, 0], ranges[s][:, 1])
+                pseudo_a = rng.random(len(coef)) < share_a[s]
                 for c in range(k):
                     h, _ = np.histogram(coef[:, c], bins=n_bins, range=tuple(ranges[s][c]))
                     counts[s][unit.group, c] += unit.weight * h
+                    ha, _ = np.histogram(coef[pseudo_a, c], bins=n_bins, range=tuple(ranges[s][c]))
+                    null_counts[s][0, c] += unit.weight * ha
+                    null_counts[s][1, c] += unit.weight * (h - ha)
 
     rows, comp_rows, hists = [], [], {}
     for scope in scopes:
         ma, mb = moments.get((scope, 0), empty), moments.get((scope, 1), empty)
         row = {"dataset": scope[0], "depth_bin": scope[1], "n_a": ma.n, "n_b": mb.n, "divergence": np.nan,
-               "range_low": np.nan, "range_high": np.nan, "note": scope_notes.get(scope, "")}
+               "divergence_null": np.nan, "excess": np.nan, "range_low": np.nan, "range_high": np.nan,
+               "note": scope_notes.get(scope, "")}
         if scope in bases:
             basis = bases[scope]
             p = histogram_probabilities(counts[scope][0], eps)
@@ -419,6 +431,11 @@ def distribution_shift(
             kl_sym = kl_ab + kl_ba
             evr = basis.explained_variance_ratio
             row["divergence"] = float((evr * kl_sym).sum()) if np.isfinite(evr).all() else np.nan
+            pn = histogram_probabilities(null_counts[scope][0], eps)
+            qn = histogram_probabilities(null_counts[scope][1], eps)
+            null = symmetric_kl(pn, qn)
+            row["divergence_null"] = float((evr * null).sum()) if np.isfinite(evr).all() else np.nan
+            row["excess"] = row["divergence"] - row["divergence_null"]
             if not np.isfinite(evr).all():
                 row["note"] = "all filters are one pattern (zero variance)"
             row["range_low"], row["range_high"] = float(ranges[scope][:, 0].min()), float(ranges[scope][:, 1].max())
@@ -436,6 +453,8 @@ def distribution_shift(
         "range_mode": range_mode,
         "hist_eps": eps,
         "kl": "symmetric, natural log, weighted by the shared basis's explained variance ratio",
+        "null": "divergence_null: the same measure between two random pseudo-groups of the pooled "
+                f"filters with the real groups' sizes (seed {null_seed}); excess = divergence - null",
         "kernel_size": list(kernel_size),
         "threshold": threshold,
         "inclusive": inclusive,
