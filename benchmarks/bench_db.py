@@ -62,7 +62,7 @@ def make_zoo(zoo: Path, n: int) -> Path:
         arch, fmt = ZOO_KINDS[i % len(ZOO_KINDS)]
         torch.manual_seed(i)
         model = create_arch(arch).eval()
-        name = f"{arch}_{i:03d}"
+        name = f"m{i:03d}_{arch}"  # sorted by index: every prefix of the zoo has the same mix
         path = zoo / f"{name}.{fmt}"
         if fmt == "pt":
             torch.save(model.state_dict(), path)

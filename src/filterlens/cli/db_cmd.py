@@ -22,6 +22,16 @@ def _db_option():
     return typer.Option(..., "--db", envvar="FILTERLENS_DB", help=DB_OPTION_HELP, show_default=False)
 
 
+def _iso_times(df):
+    """Timestamps as ISO-8601 text, so csv/json output reads the same everywhere."""
+    import pandas as pd
+
+    for c in df.columns:
+        if pd.api.types.is_datetime64_any_dtype(df[c]):
+            df[c] = df[c].map(lambda t: None if pd.isna(t) else t.isoformat())
+    return df
+
+
 def _open(path: Path):
     from ..db import FilterDB
 
@@ -122,7 +132,7 @@ def models(
     """List the models of a filter database."""
     db = _open(db_path)
     df = db.query(f"SELECT * FROM models WHERE {where} ORDER BY model_id") if where else db.models()
-    emit(df, fmt, out_file, MODEL_COLUMNS)
+    emit(_iso_times(df), fmt, out_file, MODEL_COLUMNS)
 
 
 def layers(
@@ -153,7 +163,7 @@ def query(
 ) -> None:
     """Run an SQL query (DuckDB) over a filter database in place."""
     df = _open(db_path).query(sql)
-    emit(df, fmt, out_file)
+    emit(_iso_times(df), fmt, out_file)
 
 
 def remove(

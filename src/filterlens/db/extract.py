@@ -83,7 +83,8 @@ def extract_sources(
             if row is None and meta_table is not None:
                 row = meta_table.lookup(None, mf.name)
             md = {**(row or {}), **overrides}
-            md.setdefault("source", str(Path(source).resolve()) if Path(source).exists() else source)
+            # the file actually read (a CSV 'source' only served to find the row)
+            md["source"] = str(Path(source).resolve()) if Path(source).exists() else source
             md["model"] = name or md.get("model") or mf.name
             label = md["model"]
             sha = model_sha256(mf)

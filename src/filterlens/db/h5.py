@@ -30,6 +30,7 @@ import pandas as pd
 from ..types import ConvLayer, ModelFilters
 from .errors import DatabaseError, DuplicateModelError
 from .filestore import FiltersReader
+from .schema import TRAINING_VALUES
 from .store import FilterDB
 
 INDEX = ["model_id", "conv_depth", "conv_depth_norm", "layer_id"]
@@ -177,7 +178,9 @@ def import_h5(
             for col, key in MODEL_COLUMNS.items():
                 if col in grp.columns and not pd.isna(first[col]):
                     md[key] = first[col]
-            if "Robust" in grp.columns and not pd.isna(first["Robust"]):
+            if "training" in grp.columns and str(first["training"]).strip().lower() in TRAINING_VALUES:
+                md["training"] = str(first["training"]).strip().lower()  # written by export_h5
+            elif "Robust" in grp.columns and not pd.isna(first["Robust"]):
                 md["training"] = _robust_to_training(first["Robust"])
             try:
                 db.add(mf, md, measure=measure, kernel_size=None, layer_extra=extras)
@@ -225,26 +228,36 @@ def _int_or_none(v: Any) -> int | None:
     return None if math.isnan(f) else int(f)
 
 
+#: Column types of the meta rows built for models that were not imported (PyTables needs plain types).
+NATIVE_DTYPES = {"model_id": "int64", "conv_depth": "float64", "conv_depth_norm": "float64", "layer_id": "int64",
+                 "model": "str", "Name": "str", "layer": "str", "in_channels": "int64", "out_channels": "int64",
+                 "depth": "float64", "Robust": "bool", "training": "str", "Training-Dataset": "str",
+                 "Clean Accuracy": "float64", "Robust Accuracy": "float64", "Network": "str", "Backbone": "str"}
+
+
 def _native_row(layer: pd.Series, model: pd.Series) -> dict:
-    """A meta row for a layer that was not imported from HDF5."""
+    """A meta row for a layer that was not imported from HDF5 (missing values as NaN)."""
+    def na(v):
+        return np.nan if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)) else v
+
     return {
         "model_id": int(model["model_id"]),
-        "conv_depth": layer["conv_depth"],
-        "conv_depth_norm": layer["conv_depth_norm"],
+        "conv_depth": na(layer["conv_depth"]),
+        "conv_depth_norm": na(layer["conv_depth_norm"]),
         "layer_id": int(layer["layer_index"]),
         "model": model["model"],
         "Name": model["model"],
         "layer": layer["layer"],
         "in_channels": int(layer["in_channels"]),
         "out_channels": int(layer["out_channels"]),
-        "depth": layer["depth"],
+        "depth": na(layer["depth"]),
         "Robust": model["training"] == "adversarial",
         "training": model["training"],
-        "Training-Dataset": model["dataset"],
-        "Clean Accuracy": model["clean_acc"],
-        "Robust Accuracy": model["robust_acc"],
-        "Network": model["arch"],
-        "Backbone": model["arch"],
+        "Training-Dataset": na(model["dataset"]),
+        "Clean Accuracy": na(model["clean_acc"]),
+        "Robust Accuracy": na(model["robust_acc"]),
+        "Network": na(model["arch"]),
+        "Backbone": na(model["arch"]),
     }
 
 
@@ -338,8 +351,9 @@ def _meta_frame(rows: list[dict], layout: dict) -> pd.DataFrame:
     index = layout.get("index", INDEX)
     columns = [c for c in layout.get("columns", []) if c in df.columns]
     columns += [c for c in df.columns if c not in columns and c not in index]
-    for c, dt in layout.get("dtypes", {}).items():
-        if c in df.columns:
+    dtypes = {**NATIVE_DTYPES, **layout.get("dtypes", {})}
+    for c, dt in dtypes.items():
+        if c in df.columns and c not in index:
             try:
                 df[c] = df[c].astype(dt)
             except (TypeError, ValueError):
@@ -347,6 +361,7 @@ def _meta_frame(rows: list[dict], layout: dict) -> pd.DataFrame:
     levels = []
     for name, dt in zip(index, layout.get("index_dtypes", [None] * len(index))):
         col = df[name]
+        dt = dt or (NATIVE_DTYPES.get(name) if col.isna().any() else None)
         if dt:
             try:
                 col = col.astype(dt)

@@ -20,7 +20,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -50,7 +50,6 @@ from .schema import (
 )
 
 KernelSize = int | tuple[int, int] | None
-
 
 
 # --------------------------------------------------------------------------------------------
@@ -122,7 +121,8 @@ CHUNK_KEY_DTYPE = np.dtype([("layer_id", np.int64), ("start", np.int64), ("stop"
 class FilterChunk:
     """A block of filters of one kernel shape and dtype, from one model.
 
-    ``filters`` is ``(n, kh, kw)`` in the stored dtype, read-only (a view of the read buffer).
+    ``filters`` is ``(n, kh, kw)`` in the stored dtype; read-only when it is a stored row group
+    as read (``chunk_size=None``), a fresh array when pieces were joined.
     ``keys`` says which layers it holds: rows ``offset : offset + stop - start`` of ``filters``
     are filters ``start : stop`` of layer ``layer_id``. ``layers`` gives those as rows of the
     layers table (with ``start``, ``stop``, ``offset``), built on first use.
@@ -293,6 +293,9 @@ class FilterDB:
         if not isinstance(marker, dict) or marker.get("format") != FORMAT:
             raise DatabaseError(f"{path}: not a filterlens database ({MARKER} is not a {FORMAT} marker)")
         _check_version(path, marker.get("schema_version"))
+        missing = [d for d in (TABLES_DIR, FILTERS_DIR, TMP_DIR) if not (path / d).is_dir()]
+        if missing:
+            raise DatabaseError(f"{path}: corrupt filter database: no {', '.join(missing)} folder")
         db = cls(path, marker, lock_timeout)
         db.snapshot()  # validates the manifest and the tables
         return db
@@ -667,12 +670,12 @@ class FilterDB:
                 for (kh, kw, dtname), idx in parts.items():
                     rel = f"{FILTERS_DIR}/{uid}.{kh}x{kw}.{dtname}.parquet"
                     tmp = tmp_dir / f"{Path(rel).name}.{uuid.uuid4().hex[:8]}.tmp"
+                    staged.append((tmp, self._path / rel))
                     pieces = [(layer_id0 + i, _filters_of(mf.layers[i])) for i in idx]
                     offsets = write_filters_file(tmp, pieces, metadata={"filterlens": json.dumps(
                         {"model": name, "model_id": model_id, "kernel": [kh, kw], "dtype": dtname})})
                     for i, off in zip(idx, offsets):
                         file_of[i], offset_of[i] = rel, off
-                    staged.append((tmp, self._path / rel))
                 now = _now()
                 layer_rows = [
                     _layer_row(mf, i, layer_id0 + i, model_id, name, file_of[i], offset_of[i], digests[i],
