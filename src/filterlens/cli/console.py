@@ -74,7 +74,7 @@ def _records_json(df: pd.DataFrame) -> str:
 
 
 def emit(df: pd.DataFrame, fmt: str, out_file: Path | None, table_columns: list[str] | None = None,
-         title: str | None = None) -> None:
+         title: str | None = None, short_headers: bool = False) -> None:
     """Write ``df`` as a table/csv/json/parquet to ``out_file`` (atomically) or stdout."""
     if fmt not in FORMATS:
         raise FilterlensError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -90,14 +90,14 @@ def emit(df: pd.DataFrame, fmt: str, out_file: Path | None, table_columns: list[
                 df.to_csv(tmp, index=False)
             else:
                 with open(tmp, "w") as f:
-                    Console(file=f, width=200).print(rich_table(df, table_columns, title))
+                    Console(file=f, width=200).print(rich_table(df, table_columns, title, short_headers))
         return
     if fmt == "json":
         sys.stdout.write(_records_json(df) + "\n")
     elif fmt == "csv":
         df.to_csv(sys.stdout, index=False)
     else:
-        out.print(rich_table(df, table_columns, title))
+        out.print(rich_table(df, table_columns, title, short_headers))
 
 
 SHORT_HEADERS = {"kernel_size": "k", "in_channels": "in", "out_channels": "out", "conv_depth": "depth",
@@ -112,12 +112,15 @@ def _cell(value) -> str:
     return str(value)
 
 
-def rich_table(df: pd.DataFrame, columns: list[str] | None = None, title: str | None = None) -> Table:
+def rich_table(df: pd.DataFrame, columns: list[str] | None = None, title: str | None = None,
+               short_headers: bool = False) -> Table:
+    """A rich table of ``columns`` of ``df`` (``short_headers``: abbreviate the metric names)."""
     columns = [c for c in (columns or list(df.columns)) if c in df.columns]
     table = Table(title=title, header_style="bold", show_lines=False)
     for c in columns:
         numeric = pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])
-        table.add_column(SHORT_HEADERS.get(c, c), justify="right" if numeric else "left")
+        header = SHORT_HEADERS.get(c, c) if short_headers else c
+        table.add_column(header, justify="right" if numeric else "left")
     for row in df[columns].itertuples(index=False):
         table.add_row(*(_cell(v) for v in row))
     return table

@@ -91,7 +91,7 @@ def metrics(
         from ..measure import summarize
 
         table = summarize(table)
-    emit(table, fmt, out_file, None if summary else TABLE_COLUMNS)
+    emit(table, fmt, out_file, None if summary else TABLE_COLUMNS, short_headers=not summary)
     if failures:
         raise typer.Exit(1)
 
