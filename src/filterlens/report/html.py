@@ -248,17 +248,51 @@ def _figures_html(figs: Mapping[str, tuple[Figure, str]], dpi: int) -> str:
     return "\n".join(parts)
 
 
+def _first_layer_html(first_layer: Any, dpi: int) -> str:
+    """The first-layer section from an HTML string, a per-model DataFrame, a mapping with
+    ``per_model`` (and optionally ``stats``, ``figures``, ``notes``) or a ``FirstLayerResult``."""
+    from . import first_layer as FL
+
+    if isinstance(first_layer, str):
+        section = first_layer
+    elif isinstance(first_layer, pd.DataFrame):
+        section = FL.first_layer_section(first_layer, dpi=dpi)
+    elif isinstance(first_layer, Mapping):
+        if "per_model" not in first_layer:
+            raise ValueError("a first-layer mapping needs the key 'per_model'")
+        section = FL.first_layer_section(first_layer["per_model"], first_layer.get("stats"),
+                                         first_layer.get("figures"), first_layer.get("notes"), dpi=dpi)
+    elif hasattr(first_layer, "per_model") and hasattr(first_layer, "examples"):
+        section = FL.first_layer_section_from_result(first_layer, dpi=dpi)
+    else:
+        raise TypeError(f"cannot build a first-layer section from a {type(first_layer).__name__}")
+    if '<section id="first-layer"' not in section:
+        section = f'<section id="first-layer"><h2>First layer</h2>\n{section}\n</section>'
+    return section
+
+
+def _insert_first_layer(page: str, section: str) -> str:
+    """Place the first-layer section before the settings, with a link in the navigation."""
+    page = page.replace('<section id="settings">', section + '\n<section id="settings">', 1)
+    return page.replace('<a href="#settings">', '<a href="#first-layer">First layer</a><a href="#settings">', 1)
+
+
 def render_html(
     result: ComparisonResult,
     figures: Mapping[str, tuple[Figure, str]] | None = None,
     title: str = "filterlens comparison",
     dpi: int = 110,
+    first_layer: Any = None,
 ) -> str:
     """The report as one HTML string.
 
     Sections (ids): ``groups``, ``models``, ``figures``, ``statistics``, ``shift``,
     ``correlations``, ``claims``, ``settings``, ``notes``. ``figures`` defaults to
-    :func:`build_figures` of ``result`` (without example filters).
+    :func:`build_figures` of ``result`` (without example filters). With ``first_layer`` (an
+    HTML section string, e.g. from :func:`filterlens.report.first_layer.first_layer_section`,
+    a per-model DataFrame, a mapping with ``per_model``/``stats``/``figures``/``notes``, or a
+    ``FirstLayerResult``) a ``first-layer`` section is placed before ``settings``; without it
+    the report is unchanged.
     """
     figs = build_figures(result) if figures is None else figures
     names = result.group_names
@@ -288,7 +322,10 @@ def render_html(
         else '<p class="empty">(none)</p>',
     }
     template = Template(resources.files(__package__).joinpath("templates", _TEMPLATE).read_text("utf-8"))
-    return template.substitute(values)
+    page = template.substitute(values)
+    if first_layer is not None:
+        page = _insert_first_layer(page, _first_layer_html(first_layer, dpi))
+    return page
 
 
 def write_html(
@@ -298,11 +335,13 @@ def write_html(
     filter_chunks_fn: FilterChunksFn | None = None,
     title: str = "filterlens comparison",
     dpi: int = 110,
+    first_layer: Any = None,
 ) -> Path:
     """Build all figures (example filters too when ``layers`` and ``filter_chunks_fn`` are
-    given), render the report and write it to ``path``; returns the path."""
+    given), render the report and write it to ``path``; returns the path. ``first_layer``:
+    an optional first-layer section, as for :func:`render_html`."""
     figs = build_figures(result, layers, filter_chunks_fn)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_html(result, figs, title, dpi), encoding="utf-8")
+    path.write_text(render_html(result, figs, title, dpi, first_layer), encoding="utf-8")
     return path
