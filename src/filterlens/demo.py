@@ -65,8 +65,42 @@ def build_zoo_db(db_path: Path, on_model: Callable[[str], None] | None = None):
     return db
 
 
-def run_demo(out_dir: Path, n_boot: int = 2000, on_model: Callable[[str], None] | None = None) -> dict:
-    """Zoo -> database -> comparison -> report in ``out_dir``; returns the paths written."""
+def zoo_first_layer(dataset: str = "cifar10", n: int = 100, steps: int = 5, n_boot: int = 2000):
+    """First-layer perturbation study of the zoo's ``dataset`` models on ``n`` test images.
+
+    Returns ``(FirstLayerResult | None, note)``: None when the test images cannot be found
+    offline (the note says why) or the zoo has no models of that data set.
+    """
+    from . import zoo
+    from .analysis.first_layer import first_layer_study
+    from .data import DataError, load_dataset
+    from .robust.attacks import parse_eps
+    from .robust.card import load_model
+
+    entries, eps = [], None
+    for row in zoo.list_models():
+        if row.get("dataset") != dataset:
+            continue
+        module, card = load_model(zoo.model_path(row["name"]))
+        method = (card.get("training") or {}).get("method", "unknown")
+        entries.append((row["name"], module.eval(), method))
+        if method != "normal":
+            eps = (card.get("threat_model") or {}).get("eps", eps)
+    if not entries:
+        return None, f"no {dataset} models in the zoo"
+    try:
+        test = load_dataset(dataset, "test", download=False).subset(n, seed=0)
+    except DataError as exc:
+        return None, f"first-layer study skipped: {exc}"
+    x, y = test.tensors()
+    eps = float(eps if eps is not None else parse_eps("8/255"))
+    result = first_layer_study(entries, x, y, eps, steps=steps, n_boot=n_boot, dataset=dataset)
+    return result, f"first layer: {len(entries)} {dataset} models, {n} test images, PGD-{steps} at eps {eps:.4g}"
+
+
+def run_demo(out_dir: Path, n_boot: int = 2000, on_model: Callable[[str], None] | None = None,
+             first_layer: bool = True) -> dict:
+    """Zoo -> database -> comparison (+ first-layer study) -> report in ``out_dir``."""
     from .analysis.compare import chunks_from, compare
     from .report.html import write_html
 
@@ -76,10 +110,20 @@ def run_demo(out_dir: Path, n_boot: int = 2000, on_model: Callable[[str], None] 
     models, layers = db.models(), db.layers()
     chunks = chunks_from(db)
     result = compare(models, layers, chunks, n_boot=n_boot)
+    fl_result, fl_note = zoo_first_layer(n_boot=n_boot) if first_layer else (None, "first-layer study not run")
+    result.notes.append(fl_note)
+    if fl_result is not None:
+        from .analysis.claims import with_first_layer
+        from .analysis.first_layer import first_layer_claims
+
+        result.claims = with_first_layer(result.claims, first_layer_claims(fl_result.stats), "cifar10")
     report = out_dir / "report.html"
-    write_html(result, report, layers=layers, filter_chunks_fn=chunks,
+    write_html(result, report, layers=layers, filter_chunks_fn=chunks, first_layer=fl_result,
                title="filterlens demo: the bundled zoo, robust vs normal")
     comparison = out_dir / "comparison.json"
     comparison.write_text(result.to_json() + "\n")
     layers.to_csv(out_dir / "layers.csv", index=False)
-    return {"db": out_dir / DB_NAME, "report": report, "comparison": comparison, "result": result}
+    if fl_result is not None:
+        fl_result.per_model.to_csv(out_dir / "first_layer.csv", index=False)
+    return {"db": out_dir / DB_NAME, "report": report, "comparison": comparison, "result": result,
+            "first_layer": fl_result}

@@ -253,3 +253,28 @@ def evaluate_claims(
     table = pd.DataFrame(rows, columns=CLAIM_COLUMNS)
     order = {c: i for i, c in enumerate(CLAIMS)}
     return table.sort_values("claim", key=lambda s: s.map(order), kind="stable").reset_index(drop=True)
+
+
+def with_first_layer(claims: pd.DataFrame, first_layer_claims: pd.DataFrame, dataset: str | None) -> pd.DataFrame:
+    """Replace the unmeasured ``first_layer_thresholding`` row(s) with the verdicts of a
+    first-layer study (:func:`filterlens.analysis.first_layer.first_layer_claims`), one row per
+    part of the claim."""
+    if first_layer_claims is None or first_layer_claims.empty:
+        return claims
+    keep = claims[~((claims["claim"] == "first_layer_thresholding")
+                    & ((dataset is None) | (claims["dataset"] == dataset)))]
+    rows = [
+        {
+            "claim": f"first_layer_thresholding/{r['claim']}",
+            "statement": r["statement"],
+            "dataset": dataset or "all",
+            "verdict": r["verdict"],
+            "decided_by": f"first-layer study, {r['level'] or 'no'}-level Mann-Whitney test",
+            "statistic": r["detail"],
+            "value": r["diff"],
+            "p_value": r["p_value"],
+            "detail": r["detail"],
+        }
+        for _, r in first_layer_claims.iterrows()
+    ]
+    return pd.concat([keep, pd.DataFrame(rows)], ignore_index=True)[claims.columns]

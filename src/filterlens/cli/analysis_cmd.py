@@ -135,6 +135,9 @@ def write_report(db: Path, out_file: Path, by=None, groups=None, pairs=None, n_b
 def demo_cmd(
     out_dir: Path = typer.Option(Path("filterlens-demo"), "--out", "-o", help="Folder for the database and report."),
     n_boot: int = typer.Option(2000, "--n-boot", help="Bootstrap resamples."),
+    first_layer: bool = typer.Option(True, "--first-layer/--no-first-layer",
+                                     help="Also attack the CIFAR-10 zoo models and measure their first layer "
+                                          "(needs the CIFAR-10 test images; skipped when absent)."),
 ) -> None:
     """Analyse the bundled zoo offline: database, robust-vs-normal comparison, HTML report."""
     import time
@@ -144,11 +147,14 @@ def demo_cmd(
 
     start = time.perf_counter()
     with console.err.status("extracting the bundled zoo...") as status:
-        paths = run_demo(out_dir, n_boot=n_boot, on_model=lambda name: status.update(f"extracted {name}"))
+        paths = run_demo(out_dir, n_boot=n_boot, first_layer=first_layer,
+                         on_model=lambda name: status.update(f"extracted {name}"))
     claims = paths["result"].claims
     if not claims.empty:
         out.print(rich_table(claims, ["claim", "dataset", "verdict", "statistic"],
                              title="the paper's claims on the bundled zoo"))
+    for note in paths["result"].notes:
+        console.err.print(f"note: {note}", highlight=False)
     typer.echo(f"database:   {paths['db']}")
     typer.echo(f"comparison: {paths['comparison']}")
     typer.echo(f"report:     {paths['report'].resolve()}   ({time.perf_counter() - start:.0f} s)")

@@ -1,0 +1,50 @@
+"""``filterlens demo`` on the bundled zoo: database, comparison, first layer, report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from filterlens import zoo
+from filterlens.cli.main import main
+
+
+def _zoo_has_both_groups() -> bool:
+    methods = {m.get("training") for m in zoo.list_models()}
+    return "normal" in methods and len(methods - {"normal"}) > 0
+
+
+pytestmark = pytest.mark.skipif(not _zoo_has_both_groups(), reason="the bundled zoo lacks a normal or a robust model")
+
+
+def test_demo_writes_database_comparison_and_report(tmp_path, capsys):
+    out = tmp_path / "demo"
+    with pytest.raises(SystemExit) as info:
+        main(["demo", "--out", str(out), "--n-boot", "200"])
+    assert info.value.code in (0, None)
+    printed = capsys.readouterr().out
+    assert "report:" in printed and str(out / "report.html") in printed
+    comparison = json.loads((out / "comparison.json").read_text())
+    names = {m["name"] for m in zoo.list_models()}
+    robust = {m["name"] for m in zoo.list_models() if m["training"] != "normal"}
+    assert set(comparison["groups"]["a"]["models"]) == robust
+    assert set(comparison["groups"]["b"]["models"]) == names - robust
+    html = (out / "report.html").read_text()
+    assert all(name in html for name in names)  # every zoo model is in the models table
+    claims = {c["claim"]: c["verdict"] for c in comparison["claims"]}
+    assert "fewer_sparse_filters" in claims
+    if (out / "first_layer.csv").exists():  # CIFAR-10 test images were found
+        assert 'id="first-layer"' in html
+        assert any(c.startswith("first_layer_thresholding/") for c in claims)
+
+
+def test_demo_refuses_to_overwrite_a_foreign_folder(tmp_path, capsys):
+    out = tmp_path / "mine"
+    (out / "filters.db").mkdir(parents=True)
+    (out / "filters.db" / "precious.txt").write_text("do not delete")
+    with pytest.raises(SystemExit) as info:
+        main(["demo", "--out", str(out), "--no-first-layer"])
+    assert info.value.code == 1
+    assert (out / "filters.db" / "precious.txt").exists()
+    assert "not a filterlens database" in capsys.readouterr().err
