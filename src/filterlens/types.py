@@ -61,6 +61,9 @@ class ModelFilters:
     depth_source: str
     arch: str | None = None
     warnings: list[str] = field(default_factory=list)
+    #: What the source itself knows of the model (models-table fields such as dataset,
+    #: training, eps, clean_acc, robust_acc); explicit metadata overrides it.
+    metadata: dict = field(default_factory=dict)
 
     def __iter__(self):
         return iter(self.layers)

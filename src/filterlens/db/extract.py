@@ -40,6 +40,14 @@ def default_loader(source: str, arch: str | None, name: str | None) -> ModelFilt
     return load_model(source, arch=arch, name=name)
 
 
+def _load_robustbench(source: str, name: str | None, meta: Mapping[str, Any]) -> ModelFilters:
+    """``robustbench:NAME`` with the data set and threat model given as metadata (or defaults)."""
+    from ..sources.robustbench_source import load_robustbench
+
+    return load_robustbench(source, name=name, dataset=str(meta.get("dataset") or "cifar10"),
+                            threat_model=str(meta.get("threat_model") or "Linf"))
+
+
 def extract_sources(
     db: FilterDB,
     sources: Iterable[str],
@@ -79,10 +87,13 @@ def extract_sources(
             if wanted and skip_existing and wanted in db:
                 yield ExtractResult(source, "skipped", wanted, f"{wanted} is already in the database")
                 continue
-            mf = loader(source, arch or (row or {}).get("arch"), wanted)
+            if loader is default_loader and source.startswith("robustbench:"):
+                mf = _load_robustbench(source, wanted, {**(row or {}), **overrides})
+            else:
+                mf = loader(source, arch or (row or {}).get("arch"), wanted)
             if row is None and meta_table is not None:
                 row = meta_table.lookup(None, mf.name)
-            md = {**(row or {}), **overrides}
+            md = {**normalize_metadata(mf.metadata), **(row or {}), **overrides}
             # the file actually read (a CSV 'source' only served to find the row)
             md["source"] = str(Path(source).resolve()) if Path(source).exists() else source
             md["model"] = name or md.get("model") or mf.name

@@ -22,6 +22,44 @@ def robustbench_weights_path(name: str, dataset: str, threat_model: str, model_d
     return root / dataset / threat_model / f"{name}.pt"
 
 
+def _percent(value) -> float | None:
+    """RobustBench writes accuracies as percent strings ("89.69"); filterlens keeps fractions."""
+    try:
+        return float(value) / 100.0
+    except (TypeError, ValueError):
+        return None
+
+
+def leaderboard_metadata(name: str, dataset: str, threat_model: str) -> dict:
+    """Models-table fields of a RobustBench entry: the data set, threat model and training
+    (RobustBench's ``Standard*`` entries are its normally trained baselines), and from the
+    leaderboard file RobustBench ships in its package
+    (``robustbench/model_info/<dataset>/<threat_model>/<name>.json``) the architecture,
+    budget, clean and AutoAttack accuracy and whether extra data was used."""
+    import json
+    from importlib import resources
+
+    normal = name.startswith("Standard")
+    base = {"dataset": dataset, "training": "normal" if normal else "adversarial",
+            "threat_model": None if normal else threat_model, "tags": "robustbench"}
+    try:
+        info_file = resources.files("robustbench") / "model_info" / dataset / threat_model / f"{name}.json"
+        info = json.loads(info_file.read_text())
+    except (ModuleNotFoundError, FileNotFoundError, NotADirectoryError, ValueError):
+        return base
+    tags = ["robustbench"]
+    if str(info.get("additional_data", "")).lower() in ("true", "1", "yes"):
+        tags.append("extra_data")
+    return {
+        **base,
+        "arch": info.get("architecture"),
+        "eps": None if normal else info.get("eps"),
+        "clean_acc": _percent(info.get("clean_acc")),
+        "robust_acc": _percent(info.get("autoattack_acc")),
+        "tags": ",".join(tags),
+    }
+
+
 def load_robustbench(
     spec: str,
     name: str | None = None,
@@ -59,5 +97,7 @@ def load_robustbench(
     module = entry["model"]()
     state = find_state_dict(read_torch_checkpoint(path), str(path))
     load_into(module, state, rb_name)
-    return from_module(module, name=name or rb_name, source=spec, arch=type(module).__name__,
-                       input_shape=(3, 224, 224) if dataset == "imagenet" else (3, 32, 32))
+    mf = from_module(module, name=name or rb_name, source=spec, arch=type(module).__name__,
+                     input_shape=(3, 224, 224) if dataset == "imagenet" else (3, 32, 32))
+    mf.metadata = {k: v for k, v in leaderboard_metadata(rb_name, dataset, threat_model).items() if v is not None}
+    return mf
