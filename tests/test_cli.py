@@ -137,3 +137,39 @@ def test_real_checkpoint_through_the_command(capsys):
     assert code == 0 and err == ""
     records = json.loads(out)
     assert len(records) == 19 and {r["depth_source"] for r in records} == {"fx"}
+
+
+@pytest.mark.parametrize("arch", ["cifar_resnet20", "wrn-16-2"])
+def test_metrics_command_matches_the_reference_on_new_files(tmp_path, capsys, arch):
+    """A checkpoint and an ONNX export of the same random model, neither from ../shared:
+    same layers, same depths, and values equal to the plain reference within 1e-6."""
+    import math
+
+    import filterlens as fl
+    from conftest import export_onnx
+    from reference import ref_orthogonality, ref_sparsity, ref_variance_entropy
+
+    torch.manual_seed(1)
+    module = fl.create_arch(arch).eval()
+    with torch.no_grad():  # make some filters sparse, as trained networks have
+        for p in module.parameters():
+            if p.dim() == 4:
+                p[: p.shape[0] // 4, : max(1, p.shape[1] // 3)] *= 1e-4
+    ckpt, onnx_path = tmp_path / "m.pth", tmp_path / "m.onnx"
+    torch.save({"model_state_dict": module.state_dict()}, ckpt)
+    export_onnx(module, torch.rand(1, 3, 32, 32), onnx_path)
+    weights = {n: m.weight.detach().numpy() for n, m in module.named_modules() if isinstance(m, nn.Conv2d)}
+    results = {}
+    for source, extra in ((ckpt, ["--arch", arch]), (onnx_path, [])):
+        code, out, _ = run(["metrics", str(source), "-f", "json", *extra], capsys)
+        assert code == 0
+        results[source.suffix] = json.loads(out)
+    a, b = results[".pth"], results[".onnx"]
+    assert [r["layer"] for r in a] == [r["layer"] for r in b]
+    assert [r["conv_depth"] for r in a] == [r["conv_depth"] for r in b]
+    for row in a + b:
+        w = weights[row["layer"]]
+        assert row["sparsity"] == pytest.approx(ref_sparsity(w), abs=1e-12)
+        ve = ref_variance_entropy(w)
+        assert (row["variance_entropy"] is None and math.isnan(ve)) or row["variance_entropy"] == pytest.approx(ve, abs=1e-6)
+        assert row["orthogonality"] == pytest.approx(ref_orthogonality(w), abs=1e-6)
