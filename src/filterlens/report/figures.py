@@ -110,7 +110,9 @@ def shift_by_depth(shift: pd.DataFrame, title: str | None = None, save: str | Pa
     """Bars of the weighted symmetric KL divergence per depth bin, one colour per dataset.
 
     ``shift`` is the shift table (``dataset, depth_bin, divergence``); the ``"all"`` bin is
-    drawn as its own bar at the left. NaN bins are left empty.
+    drawn as its own bar at the left. NaN bins are left empty. When the table has
+    ``divergence_null`` (label-shuffled pseudo-groups), it is drawn as a black tick on each bar:
+    the part of the bar below it is what sampling noise alone gives.
     """
     bins = [b for b in [ALL, *BIN_LABELS] if (shift["depth_bin"] == b).any()] if len(shift) else []
     datasets = list(dict.fromkeys(shift["dataset"])) if len(shift) else []
@@ -120,7 +122,13 @@ def shift_by_depth(shift: pd.DataFrame, title: str | None = None, save: str | Pa
     for i, ds in enumerate(datasets):
         sub = shift[shift["dataset"] == ds].set_index("depth_bin")["divergence"]
         vals = [float(sub.get(b, np.nan)) for b in bins]
-        ax.bar(np.arange(len(bins)) + (i - (len(datasets) - 1) / 2) * width, vals, width, label=str(ds))
+        pos = np.arange(len(bins)) + (i - (len(datasets) - 1) / 2) * width
+        ax.bar(pos, vals, width, label=str(ds))
+        if "divergence_null" in shift:
+            null = shift[shift["dataset"] == ds].set_index("depth_bin")["divergence_null"]
+            nulls = [float(null.get(b, np.nan)) for b in bins]
+            ax.hlines(nulls, pos - width / 2, pos + width / 2, colors="black", linewidth=2,
+                      label="shuffled null" if i == 0 else None)
     ax.set_xticks(np.arange(len(bins)), [_short_bin(b) for b in bins])
     ax.set_xlabel("depth bin")
     ax.set_ylabel("weighted symmetric KL")
