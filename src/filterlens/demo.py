@@ -65,7 +65,7 @@ def build_zoo_db(db_path: Path, on_model: Callable[[str], None] | None = None):
     return db
 
 
-def zoo_first_layer(dataset: str = "cifar10", n: int = 100, steps: int = 5, n_boot: int = 2000):
+def zoo_first_layer(dataset: str = "cifar10", n: int = 64, steps: int = 5, n_boot: int = 2000):
     """First-layer perturbation study of the zoo's ``dataset`` models on ``n`` test images.
 
     Returns ``(FirstLayerResult | None, note)``: None when the test images cannot be found
