@@ -137,7 +137,10 @@ def download_cifar10(cache: Path, timeout: float = 20.0) -> Path:
 
         with urllib.request.urlopen(CIFAR10_URL, timeout=timeout) as resp, open(tmp, "wb") as f:
             total = int(resp.headers.get("Content-Length") or 0) or None
-            with Progress(*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn(), transient=True) as pr:
+            from rich.console import Console
+
+            with Progress(*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn(), transient=True,
+                          console=Console(stderr=True)) as pr:
                 task = pr.add_task(f"downloading {CIFAR10_FILE}", total=total)
                 while chunk := resp.read(1 << 20):
                     f.write(chunk)

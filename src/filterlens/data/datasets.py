@@ -20,10 +20,16 @@ NORMALIZATION = {
 _SPLITS = ("train", "test")
 
 
-def _check(name: str, split: str) -> str:
-    key = name.strip().lower().replace("-", "").replace("_", "")
+def dataset_key(name: str) -> str:
+    """The canonical name of a data set (``CIFAR-10`` -> ``cifar10``); raises ``DataError`` if unknown."""
+    key = str(name).strip().lower().replace("-", "").replace("_", "")
     if key not in DATASETS:
         raise DataError(f"unknown data set {name!r}; known: {', '.join(DATASETS)}")
+    return key
+
+
+def _check(name: str, split: str) -> str:
+    key = dataset_key(name)
     if split not in _SPLITS:
         raise DataError(f"unknown split {split!r}; use train or test")
     return key

@@ -37,15 +37,17 @@ def _pil():
     return Image
 
 
-def _decode_all(items: list[tuple[str, str, bytes | Path]], mode: str, label: str) -> tuple[np.ndarray, list[str]]:
+def _decode_all(items: list[tuple[str, str, bytes | Path]], mode: str, label: str) -> np.ndarray:
     """Decode ``(class, name, data)`` items into a uint8 NHWC array, with a progress bar."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     Image = _pil()
     out: np.ndarray | None = None
+    from rich.console import Console
+
     with Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        transient=True,
+        transient=True, console=Console(stderr=True),
     ) as progress:
         task = progress.add_task(label, total=len(items))
         for i, (_, name, data) in enumerate(items):
@@ -63,7 +65,7 @@ def _decode_all(items: list[tuple[str, str, bytes | Path]], mode: str, label: st
                 progress.update(task, completed=i)
         progress.update(task, completed=len(items))
     assert out is not None
-    return out, []
+    return out
 
 
 def read_image_folder(path: Path, name: str, mode: str = "RGB") -> dict[str, ArrayDataset]:
@@ -102,6 +104,6 @@ def read_image_folder(path: Path, name: str, mode: str = "RGB") -> dict[str, Arr
             for fname, data in sorted(per_class.get(cls, []), key=lambda t: t[0]):
                 items.append((cls, fname, data))
                 labels.append(label)
-        images, _ = _decode_all(items, mode, f"decoding {name} {split} ({len(items)} images)")
+        images = _decode_all(items, mode, f"decoding {name} {split} ({len(items)} images)")
         out[split] = ArrayDataset(images, np.asarray(labels, dtype=np.int64), tuple(classes), name, split, source=str(path))
     return out

@@ -78,7 +78,9 @@ def train_and_save(
     out = Path(out)
     if out.suffix != ".safetensors":
         raise FilterlensError(f"--out must end in .safetensors, got {out.name}")
-    dataset = dataset.lower().replace("-", "")
+    from ..data import dataset_key
+
+    dataset = dataset_key(dataset)
     eps = DEFAULT_EPS.get(dataset, 8 / 255) if eps is None else float(eps)
     if dataset == "mnist":
         train_options.setdefault("crop_padding", 0)
@@ -157,10 +159,13 @@ def evaluate_model_file(
     """Evaluate a saved model and (with ``write``) merge the results into its card."""
     from ..data import load_dataset
 
+    from ..data import dataset_key
+
     model, card = load_model(path)
-    dataset = (dataset or card.get("dataset") or "").lower().replace("-", "")
+    dataset = dataset or card.get("dataset")
     if not dataset:
         raise FilterlensError("the card names no data set; pass --dataset")
+    dataset = dataset_key(dataset)
     if eps is None:
         eps = card.get("threat_model", {}).get("eps", DEFAULT_EPS.get(dataset, 8 / 255))
     test_ds = load_dataset(dataset, "test", data_dir=data_dir)

@@ -229,8 +229,11 @@ def train_model(
         if progress:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+            from rich.console import Console
+
             bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                           TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[stats]}"))
+                           TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[stats]}"),
+                           console=Console(stderr=True))
             task = bar.add_task(description, total=total, stats="")
             bar.start()
         t0 = time.perf_counter()
