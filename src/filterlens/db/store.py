@@ -248,6 +248,10 @@ def _decode_udf(w: pa.ChunkedArray, dtype: pa.ChunkedArray) -> pa.Array:
     return pa.array(out, pa.list_(pa.float64()))
 
 
+class _StaleSnapshot(Exception):
+    """The files of a snapshot were replaced by newer commits while it was being queried."""
+
+
 class FilterDB:
     """A filter database directory. Get one with :meth:`open`, :meth:`create` or :meth:`open_or_create`.
 
@@ -554,14 +558,27 @@ class FilterDB:
         their model's metadata), ``filters`` (model, layer, layer_id, filter, kernel_h,
         kernel_w, dtype, ``w`` DOUBLE[]) and ``filters_raw`` (layer_id, filter, raw bytes ``w``).
         """
-        return self._query_snapshot(self.snapshot(), sql, params)
+        for _ in range(5):
+            snap = self.snapshot()
+            try:
+                return self._query_snapshot(snap, sql, params)
+            except _StaleSnapshot:  # writers committed twice meanwhile: query the newer state
+                continue
+        raise DatabaseError(f"{self._path}: the database kept changing while the query ran; try again")
 
     def _query_snapshot(self, snap: Snapshot, sql: str, params=None) -> pd.DataFrame:
         import duckdb
 
-        con = self._connection(snap)
         try:
+            con = self._connection(snap)
             return con.execute(sql, params).df() if params is not None else con.sql(sql).df()
+        except duckdb.IOException as exc:
+            # A writer keeps only the previous generation's tables; one that committed twice
+            # since ``snap`` was taken has removed the files it names.
+            if self._read_manifest()["generation"] != snap.generation:
+                self._view_generation = None
+                raise _StaleSnapshot() from None
+            raise DatabaseError(f"query failed: {str(exc).splitlines()[0]}") from None
         except duckdb.Error as exc:
             raise DatabaseError(f"query failed: {str(exc).splitlines()[0]}") from None
         except AttributeError:  # a statement without a result (e.g. SET)
