@@ -45,25 +45,31 @@ def linf_and_moments(
     the non-sparse filters scaled by their own l-inf norm. A filter is sparse when its norm is
     ``<= threshold_abs`` (``<`` when not ``inclusive``); sparse filters get scale 0.
 
-    Each block is copied once, transposed to ``(k + 1) x rows`` float64 with a last row that is
-    1 for kept filters, so one symmetric product ``Y Y^T`` gives ``X^T X``, the sums and the
-    count together, and every reduction runs along contiguous memory.
+    Each block is transposed once (``k x rows``, in the weights' precision) so that every
+    reduction runs along contiguous memory, then widened to float64 and scaled in one pass into
+    a ``(k + 1) x rows`` block whose last row is 1 for kept filters: one symmetric product
+    ``Y Y^T`` gives ``X^T X``, the sums and the count together.
     """
     n, k = filters.shape
     linf = np.empty(n, dtype=filters.dtype)
     acc = np.zeros((k + 1, k + 1))
     t = np.float64(threshold_abs)
+    rows = min(chunk, n)
+    narrow = np.empty((k, rows), dtype=filters.dtype)  # buffers reused by every block
+    wide = np.empty((k + 1, rows))
     for start in range(0, n, chunk):
         block = filters[start : start + chunk]
-        y = np.empty((k + 1, block.shape[0]))
-        y[:k] = block.T  # transpose and widen in one copy
-        data = y[:k]
-        lc = np.maximum(data.max(axis=0), -data.min(axis=0))
-        linf[start : start + chunk] = lc
+        m = block.shape[0]
+        bt = narrow[:, :m]
+        bt[...] = block.T  # transposed, still in the weights' precision (half the bytes of float64)
+        lc = np.maximum(bt.max(axis=0), -bt.min(axis=0))
+        linf[start : start + m] = lc
+        lc = lc.astype(np.float64)
         keep = lc > t if inclusive else lc >= t
         keep &= lc > 0
         inv = np.divide(1.0, lc, out=np.zeros_like(lc), where=keep)
-        data *= inv
+        y = wide[:, :m]
+        np.multiply(bt, inv, out=y[:k])  # widen to float64 and scale in one pass
         y[k] = keep
         acc += y @ y.T
     return linf, int(round(acc[k, k])), acc[k, :k].copy(), acc[:k, :k].copy()
