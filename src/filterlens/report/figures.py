@@ -7,6 +7,8 @@ canvas, so no display is needed.
 
 from __future__ import annotations
 
+import textwrap
+
 from os import PathLike
 from pathlib import Path
 from typing import Sequence
@@ -224,12 +226,17 @@ def filter_grid(
     filters are drawn (the first ones).
     """
     w = np.asarray(filters, dtype=np.float64)
+    xlabel = ylabel = None
     if w.ndim == 4:
-        rows, cols = w.shape[0], w.shape[1]
+        # lay the longer axis out horizontally (a 16x3 first layer as 3 rows of 16)
+        grid4 = w if w.shape[0] <= w.shape[1] else w.transpose(1, 0, 2, 3)
+        ylabel, xlabel = ("output channel", "input channel") if w.shape[0] <= w.shape[1] else (
+            "input channel", "output channel")
+        rows, cols = grid4.shape[0], grid4.shape[1]
         if rows * cols > max_filters:
             cols = min(cols, max_filters)
             rows = max(1, max_filters // cols)
-        grid = w[:rows, :cols]
+        grid = grid4[:rows, :cols]
     elif w.ndim == 3:
         n = min(len(w), max_filters)
         cols = int(np.ceil(np.sqrt(n)))
@@ -246,13 +253,17 @@ def filter_grid(
             mosaic[r * (kh + 1) : r * (kh + 1) + kh, c * (kw + 1) : c * (kw + 1) + kw] = grid[r, c]
     t = float(np.nanmax(np.abs(w))) if w.size else 0.0
     t = t if t > 0 else 1.0
-    fig = _figure(min(12.0, 1.5 + 0.22 * cols * (kw + 1) / 4), min(12.0, 1.2 + 0.22 * rows * (kh + 1) / 4))
+    fig = _figure(max(4.5, min(12.0, 1.5 + 0.22 * cols * (kw + 1) / 4)),
+                  max(2.0, min(12.0, 1.2 + 0.22 * rows * (kh + 1) / 4)))
     ax = fig.subplots()
     im = ax.imshow(mosaic, cmap=DIVERGING_CMAP, vmin=-t, vmax=t, interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])
+    if xlabel:
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.set_ylabel(ylabel, fontsize=8)
     fig.colorbar(im, ax=ax, shrink=0.8)
-    ax.set_title(title or "filters", fontsize=10)
+    fig.suptitle(textwrap.fill(title or "filters", 60), fontsize=9)
     return _done(fig, save)
 
 
@@ -276,11 +287,11 @@ def rgb_filters(
     n = len(images)
     cols = int(np.ceil(np.sqrt(n))) if n else 1
     rows = int(np.ceil(n / cols)) if n else 1
-    fig = _figure(min(12.0, 0.6 * cols + 1), min(12.0, 0.6 * rows + 0.8))
+    fig = _figure(max(4.5, min(12.0, 0.6 * cols + 1)), min(12.0, 0.6 * rows + 0.8))
     axes = fig.subplots(rows, cols, squeeze=False)
     for i, ax in enumerate(axes.ravel()):
         ax.set_axis_off()
         if i < n:
             ax.imshow(images[i], interpolation="nearest")
-    fig.suptitle(title or "first-layer filters (each min-max scaled, RGB)", fontsize=10)
+    fig.suptitle(textwrap.fill(title or "first-layer filters (each min-max scaled, RGB)", 60), fontsize=9)
     return _done(fig, save)
