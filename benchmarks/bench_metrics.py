@@ -162,7 +162,7 @@ def main() -> None:
         if t_tcq:
             tcq = min(t_tcq)
             print(f"torchconvquality  {tcq:8.3f} s   speed-up = {tcq / fl:.1f}x   (target >= 4x)")
-        del model
+        model = None  # free it before the memory probe
         child = subprocess.run([sys.executable, __file__, "--child", name], capture_output=True, text=True,
                                check=True)
         mem = json.loads(child.stdout.strip().splitlines()[-1])

@@ -4,7 +4,6 @@ the figures, the report section and the command."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd

@@ -5,7 +5,6 @@ Runs offline: everything it reads ships inside the package.
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Callable

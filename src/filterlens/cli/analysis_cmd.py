@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List, Optional
 
-import pandas as pd
 import typer
 
 from ..errors import FilterlensError

@@ -6,7 +6,6 @@ import re
 from pathlib import Path
 from typing import List, Optional
 
-import numpy as np
 import pandas as pd
 import typer
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .base import ArrayDataset, DataError, DataNotFoundError, md5sum
-from .imagefolder import read_image_folder
+
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_FILE = "cifar-10-python.tar.gz"

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import math
 import os
-from fractions import Fraction
 from pathlib import Path
 from typing import Any, Mapping
 
 import pandas as pd
 
+from ..budget import parse_fraction
 from .errors import DatabaseError
 from .schema import TRAINING_VALUES
 
@@ -33,15 +33,11 @@ def parse_eps(value: Any) -> float | None:
     """A perturbation budget: a number or a fraction such as ``8/255``; empty -> None."""
     if _missing(value):
         return None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        eps = float(value)
-    else:
-        text = str(value).strip()
-        try:
-            eps = float(Fraction(text.replace(" ", ""))) if "/" in text else float(text)
-        except (ValueError, ZeroDivisionError):
-            raise DatabaseError(f"eps must be a number or a fraction like 8/255, not {value!r}") from None
-    if not math.isfinite(eps) or eps < 0:
+    try:
+        eps = parse_fraction(value)
+    except ValueError:
+        raise DatabaseError(f"eps must be a finite number or a fraction like 8/255, not {value!r}") from None
+    if eps < 0:
         raise DatabaseError(f"eps must be a finite number >= 0, not {value!r}")
     return eps
 

@@ -7,12 +7,12 @@ left untouched.
 
 from __future__ import annotations
 
-from fractions import Fraction
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..budget import parse_fraction
 from ..errors import FilterlensError
 
 
@@ -22,18 +22,10 @@ class AttackError(FilterlensError):
 
 def parse_eps(value: str | float | int) -> float:
     """``"8/255"`` -> 0.0313..., ``"0.03"`` -> 0.03; a budget must lie in [0, 1]."""
-    if isinstance(value, (int, float)):
-        eps = float(value)
-    else:
-        text = str(value).strip()
-        try:
-            if "/" in text:
-                num, den = text.split("/", 1)
-                eps = float(num) / float(den)
-            else:
-                eps = float(Fraction(text)) if text else float("nan")
-        except (ValueError, ZeroDivisionError):
-            raise AttackError(f"cannot read the budget {value!r}; write it as 8/255 or 0.03") from None
+    try:
+        eps = parse_fraction(value)
+    except ValueError:
+        raise AttackError(f"cannot read the budget {value!r}; write it as 8/255 or 0.03") from None
     if not (0.0 <= eps <= 1.0):
         raise AttackError(f"the budget {value!r} is outside [0, 1] (inputs are in [0, 1])")
     return eps

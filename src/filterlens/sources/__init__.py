@@ -6,7 +6,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Sequence, Union
 
-import torch
 import torch.nn as nn
 
 from ..errors import SourceError
