@@ -371,19 +371,22 @@ def distribution_shift(
         bases[scope] = pca_from_moments(pooled, kernel_size)
 
     # pass 2: range of the coefficients per scope and component
+    def projected() -> Iterable[tuple[_Unit, Scope, np.ndarray]]:
+        """Every chunk of every unit, projected onto the basis of each scope it belongs to."""
+        for unit in units:
+            live = [s for s in unit.scopes if s in bases]
+            if not live:
+                continue
+            for x in scaled(unit):
+                if len(x):
+                    for s in live:
+                        yield unit, s, bases[s].project(x)
+
     lo = {s: np.full(k, np.inf) for s in bases}
     hi = {s: np.full(k, -np.inf) for s in bases}
-    for unit in units:
-        live = [s for s in unit.scopes if s in bases]
-        if not live:
-            continue
-        for x in scaled(unit):
-            if not len(x):
-                continue
-            for s in live:
-                coef = bases[s].project(x)
-                np.minimum(lo[s], coef.min(axis=0), out=lo[s])
-                np.maximum(hi[s], coef.max(axis=0), out=hi[s])
+    for _, s, coef in projected():
+        np.minimum(lo[s], coef.min(axis=0), out=lo[s])
+        np.maximum(hi[s], coef.max(axis=0), out=hi[s])
     ranges: dict[Scope, np.ndarray] = {}
     for s in bases:
         if range_mode == "global":
@@ -398,24 +401,17 @@ def distribution_shift(
     null_counts = {s: np.zeros((2, k, n_bins)) for s in bases}
     share_a = {s: moments[(s, 0)].n / (moments[(s, 0)].n + moments[(s, 1)].n) for s in bases}
     rng = np.random.default_rng(null_seed)
-    for unit in units:
-        live = [s for s in unit.scopes if s in bases]
-        if not live:
-            continue
-        for x in scaled(unit):
-            if not len(x):
-                continue
-            for s in live:
-                # the clip is a no-op (pass 2 saw these very values); it guards against a
-                # value falling just outside the range and being dropped silently
-                coef = np.clip(bases[s].project(x), ranges[s][:, 0], ranges[s][:, 1])
-                pseudo_a = rng.random(len(coef)) < share_a[s]
-                for c in range(k):
-                    h, _ = np.histogram(coef[:, c], bins=n_bins, range=tuple(ranges[s][c]))
-                    counts[s][unit.group, c] += unit.weight * h
-                    ha, _ = np.histogram(coef[pseudo_a, c], bins=n_bins, range=tuple(ranges[s][c]))
-                    null_counts[s][0, c] += unit.weight * ha
-                    null_counts[s][1, c] += unit.weight * (h - ha)
+    for unit, s, coef in projected():
+        # the clip is a no-op (pass 2 saw these very values); it guards against a value
+        # falling just outside the range and being dropped silently
+        coef = np.clip(coef, ranges[s][:, 0], ranges[s][:, 1])
+        pseudo_a = rng.random(len(coef)) < share_a[s]
+        for c in range(k):
+            h, _ = np.histogram(coef[:, c], bins=n_bins, range=tuple(ranges[s][c]))
+            counts[s][unit.group, c] += unit.weight * h
+            ha, _ = np.histogram(coef[pseudo_a, c], bins=n_bins, range=tuple(ranges[s][c]))
+            null_counts[s][0, c] += unit.weight * ha
+            null_counts[s][1, c] += unit.weight * (h - ha)
 
     rows, comp_rows, hists = [], [], {}
     for scope in scopes:
