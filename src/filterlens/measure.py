@@ -114,20 +114,27 @@ def measure(
     mf = load_model(source, arch=arch, name=name)
     df = measure_model(mf, kernel_size, threshold, inclusive, include_transposed)
     if df.empty:
-        what = "conv" if kernel_size is None else f"{_ks(kernel_size)} conv"
-        raise NoLayersError(
-            f"{mf.source}: no {what} layers to measure (kernel sizes present: {describe_kernels(mf)}); "
-            "choose one with kernel_size / --kernel-size"
-        )
+        raise no_layers_error(mf, kernel_size)
     for note in mf.warnings:
         warnings.warn(f"{mf.name}: {note}", stacklevel=2)
     return df
 
 
-def _ks(kernel_size: KernelSize) -> str:
+def kernel_label(kernel_size: KernelSize) -> str:
+    """``3`` -> ``"3x3"``, ``(1, 3)`` -> ``"1x3"``, ``None`` -> ``"any"``."""
+    if kernel_size is None:
+        return "any"
     if isinstance(kernel_size, int):
         return f"{kernel_size}x{kernel_size}"
     return "x".join(map(str, kernel_size))
+
+
+def no_layers_error(mf: ModelFilters, kernel_size: KernelSize) -> NoLayersError:
+    """The error for a model without layers of ``kernel_size``, naming the sizes it has."""
+    return NoLayersError(
+        f"{mf.source}: no {kernel_label(kernel_size)} conv layers to measure (kernel sizes present: "
+        f"{describe_kernels(mf)}); choose one with kernel_size / --kernel-size"
+    )
 
 
 def summarize(layers: pd.DataFrame, by: str | Sequence[str] = "model") -> pd.DataFrame:

@@ -31,7 +31,7 @@ def parse_kernel_size(text: str):
 def measure_sources(sources, arch, name, kernel_size, threshold, inclusive, include_transposed,
                     show_progress=True) -> tuple[pd.DataFrame, int]:
     """Measure each source; print one line per failure. Returns the table and the failure count."""
-    from ..measure import describe_kernels, measure_model
+    from ..measure import measure_model, no_layers_error
     from ..sources import load_model
 
     frames, failures = [], 0
@@ -40,9 +40,7 @@ def measure_sources(sources, arch, name, kernel_size, threshold, inclusive, incl
             mf = load_model(source, arch=arch, name=name)
             df = measure_model(mf, kernel_size, threshold, inclusive, include_transposed)
             if df.empty:
-                ks = "any" if kernel_size is None else parse_label(kernel_size)
-                raise FilterlensError(f"{source}: no {ks} conv layers to measure (kernel sizes present: "
-                                      f"{describe_kernels(mf)}); choose one with --kernel-size")
+                raise no_layers_error(mf, kernel_size)
             bad = df[df["notes"].str.contains("non-finite", na=False)]
             if len(bad) == len(df):
                 raise FilterlensError(f"{source}: nothing could be measured: every layer has NaN or Inf weights")
@@ -56,10 +54,6 @@ def measure_sources(sources, arch, name, kernel_size, threshold, inclusive, incl
             error(str(exc))
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     return table, failures
-
-
-def parse_label(kernel_size) -> str:
-    return f"{kernel_size}x{kernel_size}" if isinstance(kernel_size, int) else "x".join(map(str, kernel_size))
 
 
 def metrics(
