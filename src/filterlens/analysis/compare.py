@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
@@ -14,6 +13,7 @@ import pandas as pd
 
 from ..errors import FilterlensError
 from ..metrics import DEFAULT_THRESHOLD
+from ..jsonable import to_jsonable
 from .bins import ALL, METRICS, assign_bins, model_bin_table, select_layers
 from .claims import evaluate_claims
 from .groups import GroupSpec, Pairs, load_pairs, match_pairs, split_groups
@@ -95,7 +95,7 @@ class ComparisonResult:
             "pairs": None if self.pairs is None else self.pairs.to_dict("records"),
             "notes": self.notes,
         }
-        return _jsonable(out)
+        return to_jsonable(out)
 
     def to_json(self, path: str | PathLike | None = None, indent: int = 2) -> str:
         """:meth:`to_dict` as JSON text (strict JSON: NaN is ``null``); written to ``path`` if given."""
@@ -103,26 +103,6 @@ class ComparisonResult:
         if path is not None:
             Path(path).write_text(text + "\n", encoding="utf-8")
         return text
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return [_jsonable(v) for v in obj.tolist()]
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return None if not math.isfinite(float(obj)) else float(obj)
-    if obj is None or isinstance(obj, str):
-        return obj
-    if obj is pd.NA or obj is pd.NaT:
-        return None
-    return str(obj)
 
 
 def chunks_from(source: Any, chunk_size: int = 65536) -> FilterChunksFn:

@@ -46,11 +46,10 @@ Everything below the study is a pure function of tensors or arrays.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -59,6 +58,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import FilterlensError
+from ..jsonable import to_jsonable
 
 #: Group labels.
 ROBUST, NORMAL, UNKNOWN = "robust", "normal", "unknown"
@@ -542,7 +542,7 @@ class FirstLayerResult:
         }
         if filters:
             out["per_filter"] = self.per_filter.to_dict("records")
-        return _jsonable(out)
+        return to_jsonable(out)
 
     def to_json(self, path: str | PathLike | None = None, indent: int = 2, filters: bool = True) -> str:
         text = json.dumps(self.to_dict(filters), indent=indent, allow_nan=False)
@@ -565,23 +565,6 @@ class FirstLayerResult:
         self.to_json(p)
         paths.append(p)
         return paths
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.bool_, bool)):
-        return bool(obj)
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        v = float(obj)
-        return None if math.isnan(v) or math.isinf(v) else v
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    return obj
 
 
 def _norm_models(models: Iterable) -> list[tuple[str, nn.Module, str | None, dict]]:

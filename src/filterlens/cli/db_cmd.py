@@ -61,13 +61,9 @@ def extract(
 ) -> None:
     """Extract the conv filters and per-layer metrics of models into a filter database."""
     from ..db import FilterDB, MetaTable, extract_sources, normalize_metadata
-    from .metrics_cmd import parse_kernel_size
+    from .metrics_cmd import check_measure_options
 
-    if name and len(sources) > 1:
-        raise FilterlensError("--name applies to a single source")
-    if not 0 < threshold < 1:
-        raise FilterlensError("--threshold must be between 0 and 1")
-    ks = parse_kernel_size(kernel_size)
+    ks = check_measure_options(sources, name, threshold, kernel_size)
     overrides = {k: v for k, v in {"training": training, "dataset": dataset, "threat_model": threat_model,
                                    "eps": eps, "tags": tags}.items() if v is not None}
     normalize_metadata(overrides)  # reject bad values before any work

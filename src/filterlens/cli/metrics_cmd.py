@@ -28,6 +28,15 @@ def parse_kernel_size(text: str):
     return kh if m.group(2) is None or int(m.group(2)) == kh else (kh, int(m.group(2)))
 
 
+def check_measure_options(sources, name: str | None, threshold: float, kernel_size: str):
+    """Validate the options ``metrics`` and ``extract`` share; returns the parsed kernel size."""
+    if name and len(sources) > 1:
+        raise FilterlensError("--name applies to a single source")
+    if not 0 < threshold < 1:
+        raise FilterlensError("--threshold must be between 0 and 1")
+    return parse_kernel_size(kernel_size)
+
+
 def measure_sources(sources, arch, name, kernel_size, threshold, inclusive, include_transposed,
                     show_progress=True) -> tuple[pd.DataFrame, int]:
     """Measure each source; print one line per failure. Returns the table and the failure count."""
@@ -72,11 +81,7 @@ def metrics(
     summary: bool = typer.Option(False, "--summary", help="One row per model instead of per layer."),
 ) -> None:
     """Measure the conv filters of one or more models: sparsity, variance entropy, orthogonality."""
-    if name and len(sources) > 1:
-        raise FilterlensError("--name applies to a single source")
-    if not 0 < threshold < 1:
-        raise FilterlensError("--threshold must be between 0 and 1")
-    ks = parse_kernel_size(kernel_size)
+    ks = check_measure_options(sources, name, threshold, kernel_size)
     table, failures = measure_sources(sources, arch, name, ks, threshold, not exclusive, include_transposed)
     if table.empty:
         raise typer.Exit(1)

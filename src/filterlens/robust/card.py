@@ -12,10 +12,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
 import torch.nn as nn
 
 from ..errors import FilterlensError
+from ..jsonable import to_jsonable
 
 CARD_FORMAT = "filterlens-model-card/1"
 
@@ -42,22 +42,10 @@ def _atomic_write(path: Path, data: bytes) -> None:
             os.unlink(tmp)
 
 
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, torch.Tensor):
-        return obj.tolist()
-    if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
-        return obj.item()
-    return obj
-
-
 def write_card(path: str | os.PathLike, card: dict) -> Path:
     """Write ``card`` as indented JSON (atomically)."""
     path = Path(path)
-    card = {"format": CARD_FORMAT, **_jsonable(card)}
+    card = {"format": CARD_FORMAT, **to_jsonable(card)}
     _atomic_write(path, (json.dumps(card, indent=2, sort_keys=False) + "\n").encode())
     return path
 

@@ -120,27 +120,46 @@ def evaluate(
     ``autoattack``). Pass a shuffled, class-balanced subset (``ArrayDataset.subset``) so the first
     ``n_attack`` examples are representative.
     """
-    out: dict = {}
-    t = time.perf_counter()
-    out["clean"] = {"accuracy": clean_accuracy(model, x, y), "n": len(x), "seconds": round(time.perf_counter() - t, 2)}
     n = len(x) if n_attack is None else min(n_attack, len(x))
-    xa, ya = x[:n], y[:n]
+    return {"clean": _clean_result(model, x, y),
+            attack: attack_result(model, x[:n], y[:n], eps, attack=attack, steps=steps, restarts=restarts,
+                                  alpha=alpha, seed=seed, version=version)}
+
+
+def _clean_result(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
     t = time.perf_counter()
+    return {"accuracy": clean_accuracy(model, x, y), "n": len(x), "seconds": round(time.perf_counter() - t, 2)}
+
+
+def attack_result(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    *,
+    attack: str = "pgd",
+    steps: int = 20,
+    restarts: int = 1,
+    alpha: float | None = None,
+    seed: int = 0,
+    version: str = "standard",
+) -> dict:
+    """Robust accuracy on all of ``(x, y)`` under ``attack`` (``pgd`` or ``autoattack``), with its settings."""
+    t = time.perf_counter()
+    common = {"n": len(x), "eps": eps, "eps_str": format_eps(eps), "norm": "Linf", "seed": seed}
     if attack == "pgd":
         alpha_v = 2.5 * eps / max(steps, 1) if alpha is None else alpha
-        acc = pgd_accuracy(model, xa, ya, eps, steps=steps, alpha=alpha_v, restarts=restarts, seed=seed)
-        out["pgd"] = {"accuracy": acc, "n": n, "eps": eps, "eps_str": format_eps(eps), "norm": "Linf",
-                      "steps": steps, "alpha": alpha_v, "restarts": restarts, "seed": seed}
+        acc = pgd_accuracy(model, x, y, eps, steps=steps, alpha=alpha_v, restarts=restarts, seed=seed)
+        result = {"accuracy": acc, **common, "steps": steps, "alpha": alpha_v, "restarts": restarts}
     elif attack == "autoattack":
-        acc = autoattack_accuracy(model, xa, ya, eps, version=version, seed=seed)
-        out["autoattack"] = {"accuracy": acc, "n": n, "eps": eps, "eps_str": format_eps(eps), "norm": "Linf",
-                             "version": version, "seed": seed}
+        acc = autoattack_accuracy(model, x, y, eps, version=version, seed=seed)
+        result = {"accuracy": acc, **common, "version": version}
     else:
         from .attacks import AttackError
 
         raise AttackError(f"unknown attack {attack!r}; use pgd or autoattack")
-    out[attack]["seconds"] = round(time.perf_counter() - t, 2)
-    return out
+    result["seconds"] = round(time.perf_counter() - t, 2)
+    return result
 
 
 def evaluate_dataset(
@@ -165,12 +184,10 @@ def evaluate_dataset(
     """
     clean_ds = test.subset(n_clean, seed=subset_seed)
     x, y = clean_ds.tensors()
-    t = time.perf_counter()
-    out = {"clean": {"accuracy": clean_accuracy(model, x, y), "n": len(x), "seconds": round(time.perf_counter() - t, 2)}}
-    att_ds = test.subset(n_attack, seed=subset_seed)
-    xa, ya = att_ds.tensors()
-    res = evaluate(model, xa, ya, eps, attack=attack, n_attack=None, steps=steps, restarts=restarts,
-                   alpha=alpha, seed=seed, version=version)
-    out[attack] = {**res[attack], "subset_seed": subset_seed, "split": test.split}
+    out = {"clean": _clean_result(model, x, y)}
+    xa, ya = test.subset(n_attack, seed=subset_seed).tensors()
+    res = attack_result(model, xa, ya, eps, attack=attack, steps=steps, restarts=restarts, alpha=alpha,
+                        seed=seed, version=version)
+    out[attack] = {**res, "subset_seed": subset_seed, "split": test.split}
     out["clean"]["split"] = test.split
     return out
