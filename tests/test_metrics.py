@@ -251,3 +251,73 @@ def test_tiny_and_huge_weights_are_not_flushed(scale):
     w = np.random.default_rng(5).normal(size=(6, 4, 3, 3)) * scale
     assert orthogonality(w) == pytest.approx(ref_orthogonality(w), abs=1e-6)
     assert measure_weight(w)["orthogonality"] == pytest.approx(ref_orthogonality(w), abs=1e-6)
+
+
+# --- the compiled fused pass -------------------------------------------------------------------
+
+def _plain_moments(filters, t, inclusive):
+    """Per-filter norms and float64 moments of the kept, scaled filters, the obvious way."""
+    f = filters.astype(np.float64)
+    linf = np.abs(f).max(axis=1)
+    keep = (linf > t if inclusive else linf >= t) & (linf > 0)
+    y = f[keep] / linf[keep, None]
+    return linf, int(keep.sum()), y.sum(axis=0), y.T @ y
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 9, 25, 49])
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_fused_pass_matches_plain_computation(k, dtype):
+    from filterlens.metrics.entropy import linf_and_moments
+
+    rng = np.random.default_rng(k)
+    n = 5003  # not a multiple of the block size
+    f = rng.normal(size=(n, k)).astype(dtype)
+    f[rng.random(n) < 0.2] *= dtype(1e-3)
+    f[7] = 0
+    t = 0.01 * float(np.abs(f).max())
+    f[11, 0] = t  # a filter exactly on the threshold (when representable)
+    for inclusive in (True, False):
+        want = _plain_moments(f, t, inclusive)
+        for chunk in (64, 1000, 4096):
+            linf, count, total, xtx = linf_and_moments(f, t, inclusive, chunk=chunk)
+            assert linf.dtype == (np.float32 if dtype == np.float16 else dtype)
+            np.testing.assert_array_equal(linf.astype(np.float64), want[0])
+            assert count == want[1]
+            np.testing.assert_allclose(total, want[2], rtol=1e-12, atol=1e-9)
+            np.testing.assert_allclose(xtx, want[3], rtol=1e-12, atol=1e-9)
+
+
+def test_measure_weights_over_threads_equals_one_layer_at_a_time():
+    from filterlens.metrics import measure_weights
+
+    rng = np.random.default_rng(0)
+    layers = [rng.normal(size=s).astype(np.float32) for s in [(64, 32, 3, 3), (8, 3, 3, 3), (1, 4, 3, 3), (128, 64, 3, 3)]]
+    layers.append(np.full((4, 4, 3, 3), np.nan, dtype=np.float32))
+    one = [measure_weight(w) for w in layers]
+    for threads in (1, 2, 3):
+        many = measure_weights(layers, threads=threads)
+        assert len(many) == len(layers)
+        for a, b in zip(many, one):
+            assert a.keys() == b.keys()
+            for key in a:  # bit-identical: each layer is measured by one thread
+                assert a[key] == b[key] or (isinstance(a[key], float) and math.isnan(a[key]) and math.isnan(b[key]))
+    assert "non-finite" in one[-1]["notes"] and "1 output channel" in one[2]["notes"]
+
+
+def test_orthogonality_from_raw_gram_matches_normalised_gram():
+    from filterlens.metrics.orthogonality import (
+        normalise_gram,
+        orthogonality_from_gram,
+        orthogonality_from_raw_gram,
+        raw_channel_gram,
+    )
+
+    w = np.random.default_rng(1).normal(size=(40, 7, 3, 3))
+    w[3] = 0  # a zero channel: zero row and column, adds 1 through the diagonal
+    raw = w.reshape(40, -1) @ w.reshape(40, -1).T  # float64: both routes are exact to rounding
+    assert orthogonality_from_raw_gram(raw) == pytest.approx(orthogonality_from_gram(normalise_gram(raw)), abs=1e-13)
+    assert orthogonality_from_raw_gram(raw) == pytest.approx(ref_orthogonality(w), abs=1e-13)
+    # the float32 Gram of measure_weight: normalised in float64, closer than the float32 route
+    raw32 = raw_channel_gram(w)
+    assert raw32.dtype == np.float32
+    assert orthogonality_from_raw_gram(raw32) == pytest.approx(ref_orthogonality(w), abs=1e-9)

@@ -8,7 +8,7 @@ from typing import Iterable, Sequence
 import pandas as pd
 
 from .errors import FilterlensError
-from .metrics import DEFAULT_THRESHOLD, LAYER_METRIC_COLUMNS, aggregate, measure_weight
+from .metrics import DEFAULT_THRESHOLD, LAYER_METRIC_COLUMNS, aggregate, measure_weights
 from .sources import ModelSource, load_model
 from .types import ConvLayer, ModelFilters
 
@@ -48,8 +48,8 @@ def selects(layer: ConvLayer, kernel_size: KernelSize, include_transposed: bool)
     return layer.kernel_size == want
 
 
-def layer_record(mf: ModelFilters, layer: ConvLayer, threshold: float, inclusive: bool) -> dict:
-    """One row of the per-layer table."""
+def layer_record(mf: ModelFilters, layer: ConvLayer, metrics: dict) -> dict:
+    """One row of the per-layer table: the layer's description and its ``metrics``."""
     kh, kw = layer.kernel_size
     return {
         "model": mf.name,
@@ -66,7 +66,7 @@ def layer_record(mf: ModelFilters, layer: ConvLayer, threshold: float, inclusive
         "conv_depth": layer.conv_depth,
         "conv_depth_norm": layer.conv_depth_norm,
         "depth_source": mf.depth_source,
-        **measure_weight(layer.weight, threshold, inclusive),
+        **metrics,
     }
 
 
@@ -83,11 +83,9 @@ def measure_model(
     transposed convs only with ``include_transposed``. Depth is always ranked over all conv
     layers of the model, whatever is selected. May return an empty table.
     """
-    rows = [
-        layer_record(mf, layer, threshold, inclusive)
-        for layer in mf.layers
-        if selects(layer, kernel_size, include_transposed)
-    ]
+    layers = [layer for layer in mf.layers if selects(layer, kernel_size, include_transposed)]
+    metrics = measure_weights([layer.weight for layer in layers], threshold, inclusive)
+    rows = [layer_record(mf, layer, m) for layer, m in zip(layers, metrics)]
     df = pd.DataFrame(rows, columns=LAYER_COLUMNS)
     return df.astype({"conv_depth": "Int64", "depth": "Int64", "kernel_size": "Int64"})
 

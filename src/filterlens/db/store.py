@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..metrics import DEFAULT_THRESHOLD, measure_weight
+from ..metrics import DEFAULT_THRESHOLD, measure_weights
 from ..types import ConvLayer, ModelFilters
 from . import _fs
 from .errors import DatabaseError, DuplicateModelError
@@ -959,11 +959,13 @@ def _layer_metrics(mf: ModelFilters, given: pd.DataFrame | None, measure: bool, 
         return out
     from ..measure import selects
 
+    chosen = [l for l in mf.layers if measure and selects(l, kernel_size, include_transposed)]
+    measured = dict(zip(map(id, chosen), measure_weights([l.weight for l in chosen], threshold, inclusive)))
     for l in mf.layers:
-        if not measure:
+        if id(l) in measured:
+            out.append(measured[id(l)])
+        elif not measure:
             out.append({"notes": "not measured"})
-        elif selects(l, kernel_size, include_transposed):
-            out.append(measure_weight(l.weight, threshold, inclusive))
         else:
             why = "transposed" if l.transposed else f"kernel {l.kernel_size[0]}x{l.kernel_size[1]}"
             out.append({"notes": f"not measured ({why})"})

@@ -3,7 +3,7 @@
 from .aggregate import aggregate, aggregate_layers
 from .entropy import entropy10, max_variance_entropy, principal_variances, variance_entropy
 from .filters import DEFAULT_THRESHOLD, as_filters, filter_linf, scaled_nonsparse, sparse_mask
-from .layer import LAYER_METRIC_COLUMNS, measure_weight
+from .layer import LAYER_METRIC_COLUMNS, measure_weight, measure_weights
 from .orthogonality import channel_gram, orthogonality
 from .sparsity import sparsity
 
@@ -18,6 +18,7 @@ __all__ = [
     "filter_linf",
     "max_variance_entropy",
     "measure_weight",
+    "measure_weights",
     "orthogonality",
     "principal_variances",
     "scaled_nonsparse",

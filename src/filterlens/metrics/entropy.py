@@ -3,26 +3,31 @@
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 
-from .filters import DEFAULT_THRESHOLD, as_filters, filter_linf, sparse_mask
+from .filters import DEFAULT_THRESHOLD, as_filters
 
 # Below this total variance the scaled filters (entries in [-1, 1]) are one pattern up to
 # float32 rounding; the spectrum is then noise and the entropy is defined as 0.
 _SAME_PATTERN_VARIANCE = 1e-14
 
 
-#: Rows per block in the fused passes: a float64 block of 3x3 filters stays in L2 cache.
-CHUNK_ROWS = 16384
+#: Filters per block of the fused pass: its float64 scratch block (12 x 4096) stays in L2.
+CHUNK_ROWS = 4096
 
-
-def _accumulate(x: np.ndarray, scale: np.ndarray, xtx: np.ndarray, total: np.ndarray) -> None:
-    """Add the moments of ``x / scale[:, None]`` (computed in float64) to ``xtx`` and ``total``."""
-    y = x.astype(np.float64)
-    y /= scale.astype(np.float64)[:, None]
-    xtx += y.T @ y
-    total += y.sum(axis=0)
+def default_threads() -> int:
+    """Threads for the filter passes of :func:`filterlens.metrics.measure_weights`: ``FILTERLENS_NUM_THREADS``, else ``OMP_NUM_THREADS`` (as
+    BLAS reads it), else the CPUs this process may run on."""
+    for var in ("FILTERLENS_NUM_THREADS", "OMP_NUM_THREADS"):
+        value = os.environ.get(var, "").strip()
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def layer_max_abs(weight: np.ndarray) -> float:
@@ -33,6 +38,15 @@ def layer_max_abs(weight: np.ndarray) -> float:
     return float(np.maximum(w.max(), -w.min()))  # NaN-propagating, unlike max()
 
 
+def _kernel_dtype(filters: np.ndarray) -> np.ndarray:
+    """float32 and float64 go to the kernel as they are; float16 widens exactly to float32."""
+    if filters.dtype in (np.float32, np.float64):
+        return filters
+    if filters.dtype == np.float16:
+        return filters.astype(np.float32)
+    return filters.astype(np.float64)
+
+
 def linf_and_moments(
     filters: np.ndarray,
     threshold_abs: float,
@@ -41,66 +55,30 @@ def linf_and_moments(
 ) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
     """One pass over ``filters`` (``n x k``) for everything variance entropy needs.
 
-    Returns the per-filter l-inf norms, and the count, column sums and ``X^T X`` (float64) of
-    the non-sparse filters scaled by their own l-inf norm. A filter is sparse when its norm is
-    ``<= threshold_abs`` (``<`` when not ``inclusive``); sparse filters get scale 0.
+    Returns the per-filter l-inf norms (in the filters' precision), and the count, column sums
+    and ``X^T X`` (float64) of the non-sparse filters scaled by their own l-inf norm. A filter
+    is sparse when its norm is ``<= threshold_abs`` (``<`` when not ``inclusive``) or 0.
 
-    Each block is transposed once (``k x rows``, in the weights' precision) so that every
-    reduction runs along contiguous memory, then widened to float64 and scaled in one pass into
-    a ``(k + 1) x rows`` block whose last row is 1 for kept filters: one symmetric product
-    ``Y Y^T`` gives ``X^T X``, the sums and the count together.
+    A compiled kernel (:func:`filterlens.metrics.kernels.linf_moments`) transposes blocks of
+    ``chunk`` filters to one row per tap, takes the norms, scales in float64 and accumulates
+    ``Y Y^T`` in float64, where ``Y`` carries a row of keep flags so that one product gives
+    ``X^T X``, the sums and the count.
     """
+    from . import kernels  # compiled on first use
+
+    filters = _kernel_dtype(np.ascontiguousarray(filters))
     n, k = filters.shape
     linf = np.empty(n, dtype=filters.dtype)
-    acc = np.zeros((k + 1, k + 1))
-    t = np.float64(threshold_abs)
-    rows = min(chunk, n)
-    narrow = np.empty((k, rows), dtype=filters.dtype)  # buffers reused by every block
-    wide = np.empty((k + 1, rows))
-    for start in range(0, n, chunk):
-        block = filters[start : start + chunk]
-        m = block.shape[0]
-        bt = narrow[:, :m]
-        bt[...] = block.T  # transposed, still in the weights' precision (half the bytes of float64)
-        lc = np.maximum(bt.max(axis=0), -bt.min(axis=0))
-        linf[start : start + m] = lc
-        lc = lc.astype(np.float64)
-        keep = lc > t if inclusive else lc >= t
-        keep &= lc > 0
-        inv = np.divide(1.0, lc, out=np.zeros_like(lc), where=keep)
-        y = wide[:, :m]
-        np.multiply(bt, inv, out=y[:k])  # widen to float64 and scale in one pass
-        y[k] = keep
-        acc += y @ y.T
-    return linf, int(round(acc[k, k])), acc[k, :k].copy(), acc[:k, :k].copy()
-
-
-def scaled_moments(
-    filters: np.ndarray, linf: np.ndarray, keep: np.ndarray | None = None, chunk: int = CHUNK_ROWS
-) -> tuple[int, np.ndarray, np.ndarray]:
-    """Count, column sums and ``X^T X`` (float64) of the rows of ``filters`` scaled by ``linf``.
-
-    ``X`` is ``filters[keep] / linf[keep, None]``; it is built chunk by chunk (cache-sized
-    float64 blocks) and never materialised whole.
-    """
-    k = filters.shape[1]
-    xtx = np.zeros((k, k))
-    total = np.zeros(k)
-    count = 0
-    for start in range(0, filters.shape[0], chunk):
-        f = filters[start : start + chunk]
-        scale = linf[start : start + chunk]
-        if keep is not None:
-            sel = keep[start : start + chunk]
-            if not sel.all():
-                f, scale = f[sel], scale[sel]
-        _accumulate(f, scale, xtx, total)
-        count += f.shape[0]
-    return count, total, xtx
+    rows = kernels.padded_rows(k)
+    acc = np.zeros((rows, rows))
+    if n:
+        kernels.linf_moments(filters.reshape(-1), k, float(threshold_abs), not inclusive, linf, acc, chunk)
+    full = np.triu(acc) + np.triu(acc, 1).T
+    return linf, int(round(full[k, k])), full[k, :k].copy(), full[:k, :k].copy()
 
 
 def variances_from_moments(n: int, total: np.ndarray, xtx: np.ndarray) -> np.ndarray:
-    """Principal variances (descending) from the moments of :func:`scaled_moments`.
+    """Principal variances (descending) from the moments of :func:`linf_and_moments`.
 
     ``cov = (X^T X - n mu mu^T) / (n - 1)``; its eigenvalues equal ``s**2 / (n - 1)`` for the
     singular values ``s`` of the centred matrix. Negative round-off is clipped to 0.
@@ -119,8 +97,7 @@ def principal_variances(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     if x.shape[0] < 2:
         raise ValueError("principal variances need at least 2 rows")
-    n, total, xtx = scaled_moments(x, np.ones(x.shape[0]))
-    return variances_from_moments(n, total, xtx)
+    return variances_from_moments(x.shape[0], x.sum(axis=0), x.T @ x)
 
 
 def entropy10(values: np.ndarray) -> float:
@@ -165,9 +142,9 @@ def variance_entropy(
     filters: NaN. Filters that are all one pattern (zero total variance): 0.
     """
     filters = as_filters(weight)
-    linf = filter_linf(filters)
-    keep = ~sparse_mask(filters, threshold, inclusive, linf=linf)
-    n, total, xtx = scaled_moments(filters, linf, keep)
+    m = layer_max_abs(filters)
+    # m = 0: every filter is sparse under both rules (threshold 0, inclusive).
+    _, n, total, xtx = linf_and_moments(filters, np.float64(threshold) * m, inclusive or m == 0)
     if n < 2:
         return float("nan")
     return entropy_from_variances(variances_from_moments(n, total, xtx))

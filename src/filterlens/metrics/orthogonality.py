@@ -64,6 +64,15 @@ def orthogonality_from_gram(g: np.ndarray) -> float:
     return float(1.0 - total / (n * (n - 1)))
 
 
+def orthogonality_from_raw_gram(raw: np.ndarray) -> float:
+    """:func:`orthogonality_from_gram` of ``normalise_gram(raw)``, without forming it: one
+    compiled pass over the upper triangle of the raw Gram matrix, in float64 (``n >= 2``)."""
+    from .kernels import gram_deviation  # compiled on first use
+
+    n = raw.shape[0]
+    return float(1.0 - gram_deviation(np.ascontiguousarray(raw)) / (n * (n - 1)))
+
+
 def orthogonality(weight: np.ndarray) -> float:
     """``1 - sum(|G - I|) / (n (n - 1))`` over the whole Gram matrix of the output channels.
 
@@ -74,4 +83,4 @@ def orthogonality(weight: np.ndarray) -> float:
     n = int(np.asarray(weight).shape[0])
     if n < 2:
         return float("nan")
-    return orthogonality_from_gram(channel_gram(weight))
+    return orthogonality_from_raw_gram(raw_channel_gram(weight))
