@@ -279,7 +279,8 @@ def test_fused_pass_matches_plain_computation(k, dtype):
     for inclusive in (True, False):
         want = _plain_moments(f, t, inclusive)
         for chunk in (64, 1000, 4096):
-            linf, count, total, xtx = linf_and_moments(f, t, inclusive, chunk=chunk)
+            linf, linf_sum, count, total, xtx = linf_and_moments(f, t, inclusive, chunk=chunk)
+            assert linf_sum == pytest.approx(want[0].sum(), rel=1e-12)
             assert linf.dtype == (np.float32 if dtype == np.float16 else dtype)
             np.testing.assert_array_equal(linf.astype(np.float64), want[0])
             assert count == want[1]
@@ -321,3 +322,22 @@ def test_orthogonality_from_raw_gram_matches_normalised_gram():
     raw32 = raw_channel_gram(w)
     assert raw32.dtype == np.float32
     assert orthogonality_from_raw_gram(raw32) == pytest.approx(ref_orthogonality(w), abs=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_layer_max_abs_is_exact_and_flags_non_finite(dtype):
+    from filterlens.metrics.entropy import layer_max_abs
+
+    w = np.random.default_rng(2).normal(size=(5, 4, 3, 3)).astype(dtype)
+    w[2, 1, 0, 0] = -7.25  # the largest magnitude is negative
+    assert layer_max_abs(w) == 7.25
+    assert layer_max_abs(w[:, :, ::2]) == float(np.abs(w[:, :, ::2]).max())  # strided view
+    assert layer_max_abs(np.zeros((2, 2, 3, 3), dtype=dtype)) == 0.0
+    assert layer_max_abs(np.full((1, 1, 1, 1), -0.0, dtype=dtype)) == 0.0
+    tiny = np.zeros((2, 2, 3, 3), dtype=dtype)
+    tiny[1, 1, 1, 1] = -np.finfo(dtype).smallest_subnormal
+    assert layer_max_abs(tiny) == float(np.finfo(dtype).smallest_subnormal)
+    for bad in (np.nan, -np.nan, np.inf, -np.inf):
+        v = w.copy()
+        v[4, 3, 2, 2] = bad
+        assert not math.isfinite(layer_max_abs(v))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from typing import NamedTuple
 
 import numpy as np
 
@@ -30,12 +31,30 @@ def default_threads() -> int:
         return os.cpu_count() or 1
 
 
+#: Integer view and sign-clearing mask per float dtype (see :func:`layer_max_abs`).
+_MAGNITUDE_BITS = {
+    np.dtype(np.float32): (np.int32, np.int32(0x7FFF_FFFF)),
+    np.dtype(np.float64): (np.int64, np.int64(0x7FFF_FFFF_FFFF_FFFF)),
+}
+
+
 def layer_max_abs(weight: np.ndarray) -> float:
-    """``max |W|`` over a whole array: two contiguous reductions, no absolute-value copy."""
+    """``max |W|`` over a whole array; NaN or Inf when any value is NaN or Inf.
+
+    For contiguous float32 / float64 weights, one compiled integer pass over the bit patterns
+    (:func:`filterlens.metrics.kernels.max_magnitude_bits`); otherwise two numpy reductions.
+    """
     w = np.asarray(weight)
     if w.size == 0:
         return 0.0
-    return float(np.maximum(w.max(), -w.min()))  # NaN-propagating, unlike max()
+    spec = _MAGNITUDE_BITS.get(w.dtype)
+    if spec is None or not w.flags.c_contiguous:
+        return float(np.maximum(w.max(), -w.min()))  # NaN-propagating, unlike max()
+    from .kernels import max_magnitude_bits  # compiled on first use
+
+    int_type, mask = spec
+    bits = max_magnitude_bits(w.reshape(-1).view(int_type), mask)
+    return float(np.array(bits, dtype=int_type).view(w.dtype))
 
 
 def _kernel_dtype(filters: np.ndarray) -> np.ndarray:
@@ -47,17 +66,27 @@ def _kernel_dtype(filters: np.ndarray) -> np.ndarray:
     return filters.astype(np.float64)
 
 
+class FilterMoments(NamedTuple):
+    """Result of :func:`linf_and_moments`."""
+
+    linf: np.ndarray  #: per-filter l-inf norms, in the filters' precision
+    linf_sum: float  #: their sum, in float64
+    n_kept: int  #: non-sparse filters
+    total: np.ndarray  #: column sums of the kept filters, each scaled by its l-inf norm
+    xtx: np.ndarray  #: ``X^T X`` of the kept, scaled filters (float64)
+
+
 def linf_and_moments(
     filters: np.ndarray,
     threshold_abs: float,
     inclusive: bool = True,
     chunk: int = CHUNK_ROWS,
-) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
+) -> FilterMoments:
     """One pass over ``filters`` (``n x k``) for everything variance entropy needs.
 
-    Returns the per-filter l-inf norms (in the filters' precision), and the count, column sums
-    and ``X^T X`` (float64) of the non-sparse filters scaled by their own l-inf norm. A filter
-    is sparse when its norm is ``<= threshold_abs`` (``<`` when not ``inclusive``) or 0.
+    Returns the per-filter l-inf norms and their sum, and the count, column sums and
+    ``X^T X`` (float64) of the non-sparse filters scaled by their own l-inf norm. A filter is
+    sparse when its norm is ``<= threshold_abs`` (``<`` when not ``inclusive``) or 0.
 
     A compiled kernel (:func:`filterlens.metrics.kernels.linf_moments`) transposes blocks of
     ``chunk`` filters to one row per tap, takes the norms, scales in float64 and accumulates
@@ -71,10 +100,13 @@ def linf_and_moments(
     linf = np.empty(n, dtype=filters.dtype)
     rows = kernels.padded_rows(k)
     acc = np.zeros((rows, rows))
+    linf_sum = 0.0
     if n:
-        kernels.linf_moments(filters.reshape(-1), k, float(threshold_abs), not inclusive, linf, acc, chunk)
+        flat = filters.reshape(-1)
+        linf_sum = kernels.linf_moments(flat, k, float(threshold_abs), not inclusive, linf, acc, chunk)
     full = np.triu(acc) + np.triu(acc, 1).T
-    return linf, int(round(full[k, k])), full[k, :k].copy(), full[:k, :k].copy()
+    n_kept = int(round(full[k, k]))
+    return FilterMoments(linf, float(linf_sum), n_kept, full[:k, k].copy(), full[:k, :k].copy())
 
 
 def variances_from_moments(n: int, total: np.ndarray, xtx: np.ndarray) -> np.ndarray:
@@ -144,10 +176,10 @@ def variance_entropy(
     filters = as_filters(weight)
     m = layer_max_abs(filters)
     # m = 0: every filter is sparse under both rules (threshold 0, inclusive).
-    _, n, total, xtx = linf_and_moments(filters, np.float64(threshold) * m, inclusive or m == 0)
-    if n < 2:
+    fm = linf_and_moments(filters, np.float64(threshold) * m, inclusive or m == 0)
+    if fm.n_kept < 2:
         return float("nan")
-    return entropy_from_variances(variances_from_moments(n, total, xtx))
+    return entropy_from_variances(variances_from_moments(fm.n_kept, fm.total, fm.xtx))
 
 
 def max_variance_entropy(kernel_elements: int = 9) -> float:

@@ -66,15 +66,15 @@ def filter_pass(
     if not np.isfinite(m):  # any NaN or Inf propagates into the max
         return "non-finite weights (NaN or Inf)"
     # m = 0: every filter is sparse under both rules (threshold 0, inclusive).
-    linf, n_kept, total, xtx = linf_and_moments(filters, np.float64(threshold) * m, inclusive or m == 0)
+    fm = linf_and_moments(filters, np.float64(threshold) * m, inclusive or m == 0)
     return FilterPass(
         n_filters=filters.shape[0],
         max_abs=m,
-        n_kept=n_kept,
-        total=total,
-        xtx=xtx,
-        channel_max=linf.reshape(w.shape[0], -1).max(axis=1),
-        linf_mean=float(linf.mean(dtype=np.float64)),
+        n_kept=fm.n_kept,
+        total=fm.total,
+        xtx=fm.xtx,
+        channel_max=fm.linf.reshape(w.shape[0], -1).max(axis=1),
+        linf_mean=fm.linf_sum / filters.shape[0],
     )
 
 
