@@ -341,3 +341,14 @@ def test_layer_max_abs_is_exact_and_flags_non_finite(dtype):
         v = w.copy()
         v[4, 3, 2, 2] = bad
         assert not math.isfinite(layer_max_abs(v))
+
+
+def test_read_only_big_endian_and_fortran_weights_give_the_same_numbers():
+    w = np.random.default_rng(0).normal(size=(8, 4, 3, 3)).astype(np.float32)
+    want = measure_weight(w)
+    frozen = w.copy()
+    frozen.setflags(write=False)  # e.g. a memory-mapped safetensors file
+    for variant in (frozen, w.astype(">f4"), np.asfortranarray(w)):
+        got = measure_weight(variant)
+        for key in ("n_sparse", "variance_entropy", "orthogonality", "weight_max_abs", "filter_linf_mean"):
+            assert got[key] == pytest.approx(want[key], rel=1e-7), key
