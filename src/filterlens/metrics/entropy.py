@@ -15,12 +15,14 @@ from .filters import DEFAULT_THRESHOLD, as_filters
 _SAME_PATTERN_VARIANCE = 1e-14
 
 
-#: Filters per block of the fused pass: its float64 scratch block (12 x 4096) stays in L2.
+#: Filters per block of the fused pass: its float64 scratch block (10 x 4096) stays in L2.
 CHUNK_ROWS = 4096
 
+
 def default_threads() -> int:
-    """Threads for the filter passes of :func:`filterlens.metrics.measure_weights`: ``FILTERLENS_NUM_THREADS``, else ``OMP_NUM_THREADS`` (as
-    BLAS reads it), else the CPUs this process may run on."""
+    """Threads for the filter passes of :func:`filterlens.metrics.measure_weights`:
+    ``FILTERLENS_NUM_THREADS``, else ``OMP_NUM_THREADS`` (as BLAS reads it), else the CPUs
+    this process may run on."""
     for var in ("FILTERLENS_NUM_THREADS", "OMP_NUM_THREADS"):
         value = os.environ.get(var, "").strip()
         if value.isdigit() and int(value) > 0:
