@@ -352,3 +352,27 @@ def test_read_only_big_endian_and_fortran_weights_give_the_same_numbers():
         got = measure_weight(variant)
         for key in ("n_sparse", "variance_entropy", "orthogonality", "weight_max_abs", "filter_linf_mean"):
             assert got[key] == pytest.approx(want[key], rel=1e-7), key
+
+
+def test_kernels_compile_without_a_writable_cache(monkeypatch):
+    # A read-only install with no writable home: numba cannot cache, filterlens still runs.
+    import importlib
+
+    import numba
+    import numba.core.caching as caching
+
+    import filterlens.metrics.kernels as kernels
+
+    impl = getattr(caching, "CacheImpl", None) or caching._CacheImpl  # renamed across numba versions
+    monkeypatch.setattr(impl, "_locator_classes", [])
+    with pytest.raises(RuntimeError, match="no locator"):  # the situation is really simulated
+        numba.njit(cache=True)(_plain_moments)
+    try:
+        fresh = importlib.reload(kernels)
+        acc = np.zeros((fresh.padded_rows(9),) * 2)
+        linf = np.empty(3, dtype=np.float32)
+        flat = np.arange(27, dtype=np.float32)
+        assert fresh.linf_moments(flat, 9, 0.0, False, linf, acc, 4096) == pytest.approx(8 + 17 + 26)
+    finally:
+        monkeypatch.undo()
+        importlib.reload(kernels)

@@ -16,7 +16,21 @@ import numba
 import numpy as np
 
 _FASTMATH = {"reassoc", "contract", "nsz"}
-_JIT = dict(nogil=True, fastmath=_FASTMATH, boundscheck=False, cache=True)
+
+
+def _jit(fastmath: bool = True):
+    """``numba.njit`` without the GIL or bounds checks, cached on disk where numba finds a
+    writable place (next to this file, or the user's cache directory); where it finds none
+    (a read-only install and no writable home), compiled anew in each process instead."""
+
+    def decorate(fn):
+        options = dict(nogil=True, boundscheck=False, fastmath=_FASTMATH if fastmath else False)
+        try:
+            return numba.njit(cache=True, **options)(fn)
+        except RuntimeError:  # "cannot cache function ...: no locator available"
+            return numba.njit(**options)(fn)
+
+    return decorate
 
 def padded_rows(k: int) -> int:
     """Rows of the float64 scratch block for ``k``-element filters: ``k`` scaled taps and one
@@ -24,7 +38,7 @@ def padded_rows(k: int) -> int:
     return k + 1 + (k + 1) % 2
 
 
-@numba.njit(**_JIT)
+@_jit()
 def _tile44(y, ta, tb, m, acc):  # pragma: no cover - compiled
     """``acc[ta:ta+4, tb:tb+4] += y[ta:ta+4, :m] @ y[tb:tb+4, :m].T``: 8 loads per 16
     multiply-adds, in registers, instead of 2 loads per 1 for separate dot products."""
@@ -73,7 +87,7 @@ def _tile44(y, ta, tb, m, acc):  # pragma: no cover - compiled
     acc[ta + 3, tb + 3] += s33
 
 
-@numba.njit(**_JIT)
+@_jit()
 def _tile42(y, ta, tb, m, acc):  # pragma: no cover - compiled
     """``acc[ta:ta+4, tb:tb+2] += y[ta:ta+4, :m] @ y[tb:tb+2, :m].T``."""
     s00 = s01 = s10 = s11 = s20 = s21 = s30 = s31 = 0.0
@@ -102,7 +116,7 @@ def _tile42(y, ta, tb, m, acc):  # pragma: no cover - compiled
     acc[ta + 3, tb + 1] += s31
 
 
-@numba.njit(**_JIT)
+@_jit()
 def _tile22(y, t, m, acc):  # pragma: no cover - compiled
     """The upper triangle of ``acc[t:t+2, t:t+2] += y[t:t+2, :m] @ y[t:t+2, :m].T``."""
     s00 = s01 = s11 = 0.0
@@ -117,7 +131,7 @@ def _tile22(y, t, m, acc):  # pragma: no cover - compiled
     acc[t + 1, t + 1] += s11
 
 
-@numba.njit(**_JIT)
+@_jit()
 def _block(bt, m, t, keep_equal, linf, inv, y, acc):  # pragma: no cover - compiled
     """One block of :func:`linf_moments`; returns the sum of the block's l-inf norms.
 
@@ -161,7 +175,7 @@ def _block(bt, m, t, keep_equal, linf, inv, y, acc):  # pragma: no cover - compi
     return linf_sum
 
 
-@numba.njit(**_JIT)
+@_jit()
 def linf_moments(flat, k, t, keep_equal, linf, acc, block):  # pragma: no cover - compiled
     """Per-filter l-inf norms and float64 moments of the kept, scaled filters; returns the
     float64 sum of the norms.
@@ -189,7 +203,7 @@ def linf_moments(flat, k, t, keep_equal, linf, acc, block):  # pragma: no cover 
     return linf_sum
 
 
-@numba.njit(nogil=True, boundscheck=False, cache=True)
+@_jit(fastmath=False)
 def max_magnitude_bits(bits, mask):  # pragma: no cover - compiled
     """``max(bits & mask)`` over an integer view of float data.
 
@@ -206,7 +220,7 @@ def max_magnitude_bits(bits, mask):  # pragma: no cover - compiled
     return m
 
 
-@numba.njit(**_JIT)
+@_jit()
 def gram_deviation(raw):  # pragma: no cover - compiled
     """``sum |G - I|`` over all entries, for ``G_ij = R_ij / sqrt(R_ii R_jj)``.
 
