@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -77,3 +77,15 @@ def conv3x3(in_planes: int, out_planes: int, stride: int = 1, padding: int = 1) 
 def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
     """1x1 convolution without bias (projection shortcuts, bottlenecks)."""
     return nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, padding=0, bias=False)
+
+
+def stack_blocks(
+    block: Callable[..., nn.Module], in_planes: int, planes: int, num_blocks: int, stride: int, **kwargs
+) -> tuple[nn.Sequential, int]:
+    """One ResNet stage: ``num_blocks`` blocks, the first with ``stride``; returns the stage and
+    its output channels (``planes * block.expansion``). ``kwargs`` go to every block."""
+    layers = []
+    for s in [stride] + [1] * (num_blocks - 1):
+        layers.append(block(in_planes, planes, s, **kwargs))
+        in_planes = planes * block.expansion
+    return nn.Sequential(*layers), in_planes

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 import torch.nn.init as init
 
 from ..errors import ArchitectureError
-from ._common import Stats, check_num_classes, conv3x3, make_normalization
+from ._common import Stats, check_num_classes, conv3x3, make_normalization, stack_blocks
 from .registry import ArchInfo, register_arch, register_pattern
 
 __all__ = [
@@ -94,21 +94,13 @@ class CifarResNet(nn.Module):
     ) -> None:
         super().__init__()
         self.normalize = make_normalization(mean, std, 3)
-        self.in_planes = 16
         self.conv1 = conv3x3(3, 16)
         self.bn1 = nn.BatchNorm2d(16)
-        self.layer1 = self._make_layer(16, num_blocks[0], stride=1)
-        self.layer2 = self._make_layer(32, num_blocks[1], stride=2)
-        self.layer3 = self._make_layer(64, num_blocks[2], stride=2)
+        self.layer1, planes = stack_blocks(BasicBlock, 16, 16, num_blocks[0], stride=1)
+        self.layer2, planes = stack_blocks(BasicBlock, planes, 32, num_blocks[1], stride=2)
+        self.layer3, planes = stack_blocks(BasicBlock, planes, 64, num_blocks[2], stride=2)
         self.linear = nn.Linear(64, num_classes)
         self.apply(_weights_init)
-
-    def _make_layer(self, planes: int, num_blocks: int, stride: int) -> nn.Sequential:
-        layers = []
-        for s in [stride] + [1] * (num_blocks - 1):
-            layers.append(BasicBlock(self.in_planes, planes, s))
-            self.in_planes = planes * BasicBlock.expansion
-        return nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.normalize is not None:

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._common import Stats, check_num_classes, conv1x1, conv3x3, make_normalization
+from ._common import Stats, check_num_classes, conv1x1, conv3x3, make_normalization, stack_blocks
 from .registry import register_arch
 
 __all__ = ["PreActBlock", "PreActResNet", "preact_resnet18"]
@@ -75,25 +75,16 @@ class PreActResNet(nn.Module):
     ) -> None:
         super().__init__()
         self.normalize = make_normalization(mean, std, 3)
-        self.in_planes = 64
         self.bn_before_fc = bn_before_fc
         self.conv1 = conv3x3(3, 64)
-        self.layer1 = self._make_layer(64, num_blocks[0], 1, out_shortcut)
-        self.layer2 = self._make_layer(128, num_blocks[1], 2, out_shortcut)
-        self.layer3 = self._make_layer(256, num_blocks[2], 2, out_shortcut)
-        self.layer4 = self._make_layer(512, num_blocks[3], 2, out_shortcut)
+        opt = {"out_shortcut": out_shortcut}
+        self.layer1, planes = stack_blocks(PreActBlock, 64, 64, num_blocks[0], 1, **opt)
+        self.layer2, planes = stack_blocks(PreActBlock, planes, 128, num_blocks[1], 2, **opt)
+        self.layer3, planes = stack_blocks(PreActBlock, planes, 256, num_blocks[2], 2, **opt)
+        self.layer4, planes = stack_blocks(PreActBlock, planes, 512, num_blocks[3], 2, **opt)
         if bn_before_fc:
-            self.bn = nn.BatchNorm2d(512 * PreActBlock.expansion)
-        self.linear = nn.Linear(512 * PreActBlock.expansion, num_classes)
-
-    def _make_layer(
-        self, planes: int, num_blocks: int, stride: int, out_shortcut: bool
-    ) -> nn.Sequential:
-        layers = []
-        for s in [stride] + [1] * (num_blocks - 1):
-            layers.append(PreActBlock(self.in_planes, planes, s, out_shortcut))
-            self.in_planes = planes * PreActBlock.expansion
-        return nn.Sequential(*layers)
+            self.bn = nn.BatchNorm2d(planes)
+        self.linear = nn.Linear(planes, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.normalize is not None:

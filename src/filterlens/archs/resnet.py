@@ -14,10 +14,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._common import Stats, check_num_classes, conv1x1, conv3x3, make_normalization
+from ._common import Stats, check_num_classes, conv1x1, conv3x3, make_normalization, stack_blocks
 from .registry import register_arch
 
 __all__ = ["BasicBlock", "Bottleneck", "ResNet", "resnet18", "resnet34", "resnet50"]
+
+
+def projection_shortcut(in_planes: int, out_planes: int, stride: int) -> nn.Sequential:
+    """Identity (an empty ``Sequential``) where the shape is kept, else a strided 1x1 conv + BN."""
+    if stride == 1 and in_planes == out_planes:
+        return nn.Sequential()
+    return nn.Sequential(conv1x1(in_planes, out_planes, stride), nn.BatchNorm2d(out_planes))
 
 
 class BasicBlock(nn.Module):
@@ -31,12 +38,7 @@ class BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = conv3x3(planes, planes)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or in_planes != self.expansion * planes:
-            self.shortcut = nn.Sequential(
-                conv1x1(in_planes, self.expansion * planes, stride),
-                nn.BatchNorm2d(self.expansion * planes),
-            )
+        self.shortcut = projection_shortcut(in_planes, self.expansion * planes, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -58,12 +60,7 @@ class Bottleneck(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv3 = conv1x1(planes, self.expansion * planes)
         self.bn3 = nn.BatchNorm2d(self.expansion * planes)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or in_planes != self.expansion * planes:
-            self.shortcut = nn.Sequential(
-                conv1x1(in_planes, self.expansion * planes, stride),
-                nn.BatchNorm2d(self.expansion * planes),
-            )
+        self.shortcut = projection_shortcut(in_planes, self.expansion * planes, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -86,23 +83,13 @@ class ResNet(nn.Module):
     ) -> None:
         super().__init__()
         self.normalize = make_normalization(mean, std, 3)
-        self.in_planes = 64
         self.conv1 = conv3x3(3, 64)
         self.bn1 = nn.BatchNorm2d(64)
-        self.layer1 = self._make_layer(block, 64, num_blocks[0], stride=1)
-        self.layer2 = self._make_layer(block, 128, num_blocks[1], stride=2)
-        self.layer3 = self._make_layer(block, 256, num_blocks[2], stride=2)
-        self.layer4 = self._make_layer(block, 512, num_blocks[3], stride=2)
-        self.linear = nn.Linear(512 * block.expansion, num_classes)
-
-    def _make_layer(
-        self, block: Type[Union[BasicBlock, Bottleneck]], planes: int, num_blocks: int, stride: int
-    ) -> nn.Sequential:
-        layers = []
-        for s in [stride] + [1] * (num_blocks - 1):
-            layers.append(block(self.in_planes, planes, s))
-            self.in_planes = planes * block.expansion
-        return nn.Sequential(*layers)
+        self.layer1, planes = stack_blocks(block, 64, 64, num_blocks[0], stride=1)
+        self.layer2, planes = stack_blocks(block, planes, 128, num_blocks[1], stride=2)
+        self.layer3, planes = stack_blocks(block, planes, 256, num_blocks[2], stride=2)
+        self.layer4, planes = stack_blocks(block, planes, 512, num_blocks[3], stride=2)
+        self.linear = nn.Linear(planes, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.normalize is not None:

@@ -177,8 +177,8 @@ def variance_entropy(
     """
     filters = as_filters(weight)
     m = layer_max_abs(filters)
-    # m = 0: every filter is sparse under both rules (threshold 0, inclusive).
-    fm = linf_and_moments(filters, np.float64(threshold) * m, inclusive or m == 0)
+    # m = 0: every filter is zero, and zero filters are always sparse (see linf_and_moments).
+    fm = linf_and_moments(filters, np.float64(threshold) * m, inclusive)
     if fm.n_kept < 2:
         return float("nan")
     return entropy_from_variances(variances_from_moments(fm.n_kept, fm.total, fm.xtx))

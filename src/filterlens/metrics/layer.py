@@ -65,8 +65,8 @@ def filter_pass(
     m = layer_max_abs(w)
     if not np.isfinite(m):  # any NaN or Inf propagates into the max
         return "non-finite weights (NaN or Inf)"
-    # m = 0: every filter is sparse under both rules (threshold 0, inclusive).
-    fm = linf_and_moments(filters, np.float64(threshold) * m, inclusive or m == 0)
+    # m = 0: every filter is zero, and zero filters are always sparse (see linf_and_moments).
+    fm = linf_and_moments(filters, np.float64(threshold) * m, inclusive)
     return FilterPass(
         n_filters=filters.shape[0],
         max_abs=m,
