@@ -31,7 +31,8 @@ METRIC_LABELS = {
 DIVERGING_CMAP = "RdBu_r"
 
 
-def _figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
+    """An empty figure of ``width`` x ``height`` inches, constrained layout, on an Agg canvas."""
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
     return fig
@@ -49,7 +50,8 @@ def save_figure(fig: Figure, stem: str | PathLike, formats: Sequence[str] = ("pn
     return paths
 
 
-def _done(fig: Figure, save: str | PathLike | None) -> Figure:
+def finish_figure(fig: Figure, save: str | PathLike | None) -> Figure:
+    """``fig``, written first as ``save.png`` and ``save.pdf`` when ``save`` is given."""
     if save is not None:
         save_figure(fig, save)
     return fig
@@ -76,7 +78,7 @@ def metric_by_depth(
     """
     data = per_model if dataset is None else per_model[per_model["dataset"].astype(str) == str(dataset)]
     bins = [b for b in BIN_LABELS if (data["depth_bin"] == b).any()]
-    fig = _figure(max(6.0, 0.75 * len(bins) + 2), 2.6 * len(metrics))
+    fig = new_figure(max(6.0, 0.75 * len(bins) + 2), 2.6 * len(metrics))
     axes = fig.subplots(len(metrics), 1, squeeze=False)[:, 0]
     rng = np.random.default_rng(0)
     for ax, metric in zip(axes, metrics):
@@ -105,7 +107,7 @@ def metric_by_depth(
     axes[-1].set_xlabel("depth bin (first layer; upper edge of conv_depth_norm decile)")
     axes[0].legend(loc="best", fontsize=8)
     fig.suptitle(title or ("metrics by depth" + (f" - {dataset}" if dataset else "")))
-    return _done(fig, save)
+    return finish_figure(fig, save)
 
 
 def shift_by_depth(shift: pd.DataFrame, title: str | None = None, save: str | PathLike | None = None) -> Figure:
@@ -118,7 +120,7 @@ def shift_by_depth(shift: pd.DataFrame, title: str | None = None, save: str | Pa
     """
     bins = [b for b in [ALL, *BIN_LABELS] if (shift["depth_bin"] == b).any()] if len(shift) else []
     datasets = list(dict.fromkeys(shift["dataset"])) if len(shift) else []
-    fig = _figure(max(6.0, 0.7 * len(bins) + 2), 3.4)
+    fig = new_figure(max(6.0, 0.7 * len(bins) + 2), 3.4)
     ax = fig.subplots()
     width = 0.8 / max(1, len(datasets))
     for i, ds in enumerate(datasets):
@@ -138,14 +140,14 @@ def shift_by_depth(shift: pd.DataFrame, title: str | None = None, save: str | Pa
     if datasets:
         ax.legend(fontsize=8)
     ax.set_title(title or "distribution shift by depth")
-    return _done(fig, save)
+    return finish_figure(fig, save)
 
 
 def pca_basis(basis: PCABasis, title: str | None = None, save: str | PathLike | None = None) -> Figure:
     """The basis filters as images (shared symmetric colour scale around 0), each labelled
     with its explained variance ratio."""
     comps = basis.components
-    fig = _figure(1.1 * len(comps) + 0.8, 1.9)
+    fig = new_figure(1.1 * len(comps) + 0.8, 1.9)
     axes = fig.subplots(1, len(comps), squeeze=False)[0]
     t = float(np.abs(comps).max()) or 1.0
     im = None
@@ -158,7 +160,7 @@ def pca_basis(basis: PCABasis, title: str | None = None, save: str | PathLike | 
     if im is not None:
         fig.colorbar(im, ax=list(axes), shrink=0.8)
     fig.suptitle(title or f"PCA basis (n = {basis.n:g} filters); labels: explained variance ratio", fontsize=10)
-    return _done(fig, save)
+    return finish_figure(fig, save)
 
 
 def coefficient_violins(
@@ -168,7 +170,7 @@ def coefficient_violins(
     group ``b`` to the right, drawn from the (streamed) histograms, each scaled to its own
     maximum density."""
     k = hist.counts.shape[1]
-    fig = _figure(max(6.0, 0.9 * k + 1), 3.6)
+    fig = new_figure(max(6.0, 0.9 * k + 1), 3.6)
     ax = fig.subplots()
     for c in range(k):
         edges = hist.edges[c]
@@ -188,7 +190,7 @@ def coefficient_violins(
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.grid(axis="y", alpha=0.3)
     ax.set_title(title or "coefficient distributions per component")
-    return _done(fig, save)
+    return finish_figure(fig, save)
 
 
 def cumulative_variance(
@@ -200,7 +202,7 @@ def cumulative_variance(
 ) -> Figure:
     """Cumulative explained variance of each group's own PCA (a flatter spectrum rises slower)."""
     sub = own_pca[(own_pca["dataset"] == dataset) & (own_pca["depth_bin"] == depth_bin)]
-    fig = _figure(5.0, 3.4)
+    fig = new_figure(5.0, 3.4)
     ax = fig.subplots()
     for key in ("a", "b"):
         g = sub[sub["group"] == key].sort_values("component")
@@ -212,7 +214,7 @@ def cumulative_variance(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(f"own PCA spectra - {dataset}, {depth_bin}")
-    return _done(fig, save)
+    return finish_figure(fig, save)
 
 
 def filter_grid(
@@ -253,7 +255,7 @@ def filter_grid(
             mosaic[r * (kh + 1) : r * (kh + 1) + kh, c * (kw + 1) : c * (kw + 1) + kw] = grid[r, c]
     t = float(np.nanmax(np.abs(w))) if w.size else 0.0
     t = t if t > 0 else 1.0
-    fig = _figure(max(4.5, min(12.0, 1.5 + 0.22 * cols * (kw + 1) / 4)),
+    fig = new_figure(max(4.5, min(12.0, 1.5 + 0.22 * cols * (kw + 1) / 4)),
                   max(2.0, min(12.0, 1.2 + 0.22 * rows * (kh + 1) / 4)))
     ax = fig.subplots()
     im = ax.imshow(mosaic, cmap=DIVERGING_CMAP, vmin=-t, vmax=t, interpolation="nearest")
@@ -264,7 +266,7 @@ def filter_grid(
         ax.set_ylabel(ylabel, fontsize=8)
     fig.colorbar(im, ax=ax, shrink=0.8)
     fig.suptitle(textwrap.fill(title or "filters", 60), fontsize=9)
-    return _done(fig, save)
+    return finish_figure(fig, save)
 
 
 def rgb_filters(
@@ -287,11 +289,11 @@ def rgb_filters(
     n = len(images)
     cols = int(np.ceil(np.sqrt(n))) if n else 1
     rows = int(np.ceil(n / cols)) if n else 1
-    fig = _figure(max(4.5, min(12.0, 0.6 * cols + 1)), min(12.0, 0.6 * rows + 0.8))
+    fig = new_figure(max(4.5, min(12.0, 0.6 * cols + 1)), min(12.0, 0.6 * rows + 0.8))
     axes = fig.subplots(rows, cols, squeeze=False)
     for i, ax in enumerate(axes.ravel()):
         ax.set_axis_off()
         if i < n:
             ax.imshow(images[i], interpolation="nearest")
     fig.suptitle(textwrap.fill(title or "first-layer filters (each min-max scaled, RGB)", 60), fontsize=9)
-    return _done(fig, save)
+    return finish_figure(fig, save)

@@ -13,10 +13,7 @@ Every figure is a new :class:`matplotlib.figure.Figure` (Agg canvas, no pyplot s
 
 from __future__ import annotations
 
-import html as _html
 import json
-import re
-from importlib import resources
 from os import PathLike
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Sequence
@@ -26,6 +23,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from . import figures as F
+from .markup import escape, figures_html, html_table, interval, standalone_page
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..analysis.first_layer import FirstLayerExample, FirstLayerResult
@@ -111,7 +109,7 @@ def activation_figure(
         raise ValueError("no examples to draw")
     chans = [select_channels(e, max_channels) for e in examples]
     ncols = [1 + len(c) for c in chans]
-    fig = F._figure(max(4.0, 0.95 * sum(ncols) + 0.4 * len(examples)), 4.6)
+    fig = F.new_figure(max(4.0, 0.95 * sum(ncols) + 0.4 * len(examples)), 4.6)
     subs = fig.subfigures(1, len(examples), squeeze=False, width_ratios=ncols)[0]
     pm = per_model.set_index("model") if per_model is not None and len(per_model) else None
     for sub, ex, ch in zip(subs, examples, chans):
@@ -153,7 +151,7 @@ def activation_figure(
         sub.suptitle(head, fontsize=9, color=FIRST_LAYER_COLORS.get(ex.group, "black"))
     if title:
         fig.suptitle(title, fontsize=10)
-    return F._done(fig, save)
+    return F.finish_figure(fig, save)
 
 
 def metrics_figure(
@@ -166,7 +164,7 @@ def metrics_figure(
     values as dots, coloured by group; ``pass_ratio`` gets a reference line at 1."""
     metrics = [m for m in metrics if m in per_filter.columns]
     models = list(dict.fromkeys(per_filter["model"].astype(str)))
-    fig = F._figure(max(5.0, 1.0 + 0.9 * len(models)) * min(2, len(metrics)) / 1.3, 2.6 * ((len(metrics) + 1) // 2))
+    fig = F.new_figure(max(5.0, 1.0 + 0.9 * len(models)) * min(2, len(metrics)) / 1.3, 2.6 * ((len(metrics) + 1) // 2))
     axes = fig.subplots((len(metrics) + 1) // 2, min(2, len(metrics)), squeeze=False).ravel()
     rng = np.random.default_rng(0)
     for ax, metric in zip(axes, metrics):
@@ -189,7 +187,7 @@ def metrics_figure(
     for ax in axes[len(metrics):]:
         ax.set_axis_off()
     fig.suptitle(title or "first-layer filters per model (one dot per output channel)", fontsize=10)
-    return F._done(fig, save)
+    return F.finish_figure(fig, save)
 
 
 def _pick_pair(result: "FirstLayerResult") -> list[str]:
@@ -226,17 +224,10 @@ def build_first_layer_figures(
     return figs
 
 
-def _e(value) -> str:
-    return _html.escape(str(value), quote=True)
-
-
 def _stats_table(stats: pd.DataFrame) -> str:
-    from .html import html_table
-
     if stats is None or stats.empty:
         return '<p class="empty">(no statistics)</p>'
-    ci = [("\u2013" if not (np.isfinite(lo) and np.isfinite(hi)) else f"[{lo:.4g}, {hi:.4g}]")
-          for lo, hi in zip(stats["ci_low"], stats["ci_high"])]
+    ci = [interval(lo, hi) for lo, hi in zip(stats["ci_low"], stats["ci_high"])]
     table = stats.assign(ci=ci)
     cols = ["level", "metric", "n_robust", "n_normal", "mean_robust", "mean_normal", "diff", "ci", "p_value",
             "rank_biserial", "cohens_d", "note"]
@@ -281,8 +272,6 @@ def first_layer_section(
     ``figures``: ``{id: (figure, caption)}`` (e.g. :func:`build_first_layer_figures`). Every
     value is escaped; figures are embedded as PNG data URIs.
     """
-    from .html import _figures_html, html_table
-
     cols = [c for c in SECTION_COLUMNS if c in per_model.columns]
     parts = ['<section id="first-layer"><h2>First layer</h2>', _INTRO, "<h3>Per model</h3>",
              html_table(per_model, cols, text_columns=["model", "group", "training", "layer", "activation", "kernel",
@@ -301,11 +290,11 @@ def first_layer_section(
                   html_table(claims, ["claim", "statement", "level", "verdict", "diff", "p_value", "detail"],
                              text_columns=["claim", "statement", "level", "verdict", "detail"])]
     if figures:
-        parts += ["<h3>Figures</h3>", _figures_html(figures, dpi)]
+        parts += ["<h3>Figures</h3>", figures_html(figures, dpi)]
     if notes:
-        parts.append("<h3>Notes</h3><ul>" + "".join(f"<li>{_e(n)}</li>" for n in notes) + "</ul>")
+        parts.append("<h3>Notes</h3><ul>" + "".join(f"<li>{escape(n)}</li>" for n in notes) + "</ul>")
     if settings:
-        parts.append(f"<details><summary>Settings</summary><pre>{_e(json.dumps(dict(settings), indent=2, default=str))}"
+        parts.append(f"<details><summary>Settings</summary><pre>{escape(json.dumps(dict(settings), indent=2, default=str))}"
                      "</pre></details>")
     parts.append("</section>")
     return "\n".join(parts)
@@ -323,16 +312,9 @@ def first_layer_section_from_result(
     return first_layer_section(result.per_model, result.stats, figs, result.notes, result.settings, dpi)
 
 
-def _css() -> str:
-    text = resources.files(__package__).joinpath("templates", "report.html").read_text("utf-8")
-    m = re.search(r"<style>.*?</style>", text, re.S)
-    return m.group(0) if m else ""
-
-
 def render_first_layer_page(section: str, title: str = "filterlens first layer") -> str:
     """A standalone, self-contained HTML page around a first-layer section."""
-    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{_e(title)}</title>\n'
-            f"{_css()}\n</head>\n<body>\n<h1>{_e(title)}</h1>\n{section}\n</body>\n</html>\n")
+    return standalone_page(title, section)
 
 
 def write_first_layer_html(

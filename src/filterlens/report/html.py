@@ -8,17 +8,12 @@ is HTML-escaped.
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import json
-import math
 from datetime import datetime, timezone
-from importlib import resources
 from os import PathLike
 from pathlib import Path
 from string import Template
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
@@ -28,62 +23,11 @@ from ..analysis.bins import ALL
 from ..analysis.compare import ComparisonResult
 from ..analysis.shift import FilterChunksFn, filter_array
 from . import figures as F
+from . import first_layer as FL
+from .markup import escape as _e
+from .markup import figures_html, html_table, interval, notes_html, style_element, template
 
 _TEMPLATE = "report.html"
-
-
-def _e(value: Any) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _fmt(value: Any, digits: int = 4) -> str:
-    if value is None:
-        return "&ndash;"
-    if isinstance(value, (bool, np.bool_)):
-        return "yes" if value else "no"
-    if isinstance(value, (int, np.integer)):
-        return str(int(value))
-    if isinstance(value, (float, np.floating)):
-        v = float(value)
-        return "&ndash;" if math.isnan(v) else _e(f"{v:.{digits}g}")
-    return _e(value)
-
-
-def html_table(
-    frame: pd.DataFrame,
-    columns: Sequence[str] | None = None,
-    headers: Mapping[str, str] | None = None,
-    row_class: Sequence[str] | None = None,
-    text_columns: Iterable[str] = (),
-) -> str:
-    """A plain HTML table of ``frame`` with every cell escaped; numbers to 4 significant digits."""
-    if frame is None or frame.empty:
-        return '<p class="empty">(none)</p>'
-    columns = list(columns or frame.columns)
-    headers = dict(headers or {})
-    text = set(text_columns)
-    out = ['<div class="scroll"><table>', "<thead><tr>"]
-    for c in columns:
-        cls = ' class="text"' if c in text or not pd.api.types.is_numeric_dtype(frame[c]) else ""
-        out.append(f"<th{cls}>{_e(headers.get(c, c))}</th>")
-    out.append("</tr></thead><tbody>")
-    for i, (_, row) in enumerate(frame[columns].iterrows()):
-        cls = f' class="{_e(row_class[i])}"' if row_class is not None and row_class[i] else ""
-        out.append(f"<tr{cls}>")
-        for c in columns:
-            v = row[c]
-            is_text = c in text or not isinstance(v, (int, float, np.integer, np.floating, bool, np.bool_))
-            out.append(f'<td class="text">{_fmt(v)}</td>' if is_text else f"<td>{_fmt(v)}</td>")
-        out.append("</tr>")
-    out.append("</tbody></table></div>")
-    return "".join(out)
-
-
-def figure_to_data_uri(fig: Figure, dpi: int = 110) -> str:
-    """``data:image/png;base64,...`` of ``fig``."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def _layer_weight(row: pd.Series, filter_chunks_fn: FilterChunksFn) -> np.ndarray | None:
@@ -199,14 +143,10 @@ def _groups_html(result: ComparisonResult) -> str:
     return "".join(parts)
 
 
-def _interval(lo: float, hi: float) -> str:
-    return "\u2013" if not (np.isfinite(lo) and np.isfinite(hi)) else f"[{lo:.4g}, {hi:.4g}]"
-
-
 def _stats_html(stats: pd.DataFrame, names: Mapping[str, str], level: float) -> str:
     if stats.empty:
         return html_table(stats)
-    table = stats.assign(ci=[_interval(lo, hi) for lo, hi in zip(stats["ci_low"], stats["ci_high"])])
+    table = stats.assign(ci=[interval(lo, hi) for lo, hi in zip(stats["ci_low"], stats["ci_high"])])
     cols = ["dataset", "metric", "depth_bin", "n_a", "n_b", "mean_a", "mean_b", "diff", "ci", "test",
             "p_value", "p_adj", "rank_biserial", "cohens_d", "note"]
     headers = {
@@ -236,23 +176,9 @@ def _claims_html(claims: pd.DataFrame) -> str:
     return "".join(out)
 
 
-def _figures_html(figs: Mapping[str, tuple[Figure, str]], dpi: int) -> str:
-    if not figs:
-        return '<p class="empty">(no figures)</p>'
-    parts = []
-    for fid, (fig, caption) in figs.items():
-        parts.append(
-            f'<figure id="fig-{_e(fid)}"><img alt="{_e(caption)}" src="{figure_to_data_uri(fig, dpi)}">'
-            f"<figcaption>{_e(caption)}</figcaption></figure>"
-        )
-    return "\n".join(parts)
-
-
 def _first_layer_html(first_layer: Any, dpi: int) -> str:
     """The first-layer section from an HTML string, a per-model DataFrame, a mapping with
     ``per_model`` (and optionally ``stats``, ``figures``, ``notes``) or a ``FirstLayerResult``."""
-    from . import first_layer as FL
-
     if isinstance(first_layer, str):
         section = first_layer
     elif isinstance(first_layer, pd.DataFrame):
@@ -311,18 +237,16 @@ def render_html(
         ),
         "groups": _groups_html(result),
         "models": html_table(models, ["group", *model_cols]),
-        "figures": _figures_html(figs, dpi),
+        "figures": figures_html(figs, dpi),
         "statistics": _stats_html(result.stats, names, float(result.settings.get("bootstrap", {}).get("ci", 0.95))),
         "shift": "".join(shift_parts),
         "correlations": html_table(result.correlations, text_columns=["dataset", "population", "metric", "accuracy", "note"]),
         "claims": _claims_html(result.claims),
         "settings": f"<pre>{_e(json.dumps(result.to_dict()['settings'], indent=2))}</pre>",
-        "notes": "<ul>" + "".join(f"<li>{_e(n)}</li>" for n in result.notes) + "</ul>"
-        if result.notes
-        else '<p class="empty">(none)</p>',
+        "notes": notes_html(result.notes),
+        "style": style_element(),
     }
-    template = Template(resources.files(__package__).joinpath("templates", _TEMPLATE).read_text("utf-8"))
-    page = template.substitute(values)
+    page = Template(template(_TEMPLATE)).substitute(values)
     if first_layer is not None:
         page = _insert_first_layer(page, _first_layer_html(first_layer, dpi))
     return page
