@@ -88,13 +88,21 @@ def zoo_first_layer(dataset: str = "cifar10", n: int = 64, steps: int = 5, n_boo
     if not entries:
         return None, f"no {dataset} models in the zoo"
     try:
-        test = load_dataset(dataset, "test", download=False).subset(n, seed=0)
+        test = load_dataset(dataset, "test", download=False)
+        origin = f"the test images in {test.source}"
     except DataError as exc:
-        return None, f"first-layer study skipped: {exc}"
+        if dataset != "cifar10":
+            return None, f"first-layer study skipped: {exc}"
+        from .data.sample import load_cifar10_sample
+
+        test = load_cifar10_sample()  # offline without the data set: the package's own sample
+        origin = f"the {test.source}, since no CIFAR-10 data set was found"
+    test = test.subset(n, seed=0)
     x, y = test.tensors()
     eps = float(eps if eps is not None else parse_eps("8/255"))
     result = first_layer_study(entries, x, y, eps, steps=steps, n_boot=n_boot, dataset=dataset)
-    return result, f"first layer: {len(entries)} {dataset} models, {n} test images, PGD-{steps} at eps {eps:.4g}"
+    return result, (f"first layer: {len(entries)} {dataset} models, {len(test)} of {origin}, "
+                    f"PGD-{steps} at eps {eps:.4g}")
 
 
 def run_demo(out_dir: Path, n_boot: int = 2000, on_model: Callable[[str], None] | None = None,

@@ -77,8 +77,13 @@ def train(
     threads: int = typer.Option(2, "--threads", min=1, help="Torch threads."),
     n_attack: int = typer.Option(1000, "--n-attack", help="Test images for the final PGD-20 evaluation."),
     show_progress: bool = typer.Option(True, "--progress/--no-progress"),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its last finished "
+                                "epoch (the state is checkpointed beside --out as NAME.train-state.pt)."),
 ) -> None:
-    """Train a model (normally or adversarially), evaluate it and write weights + model card."""
+    """Train a model (normally or adversarially), evaluate it and write weights + model card.
+
+    The training state is checkpointed after every epoch; after an interruption, the same command
+    with --resume continues where it stopped and ends with the weights of an uninterrupted run."""
     from ..robust.pipeline import train_and_save
 
     if out_file.suffix != ".safetensors":
@@ -100,7 +105,7 @@ def train(
     card = train_and_save(
         dataset=dataset, arch=arch, out=out_file, training=training, eps=_eps(eps), epochs=epochs, seed=seed,
         n_train=n_train, data_dir=data_dir, arch_kwargs=_arch_kwargs(arch_kw), n_attack=n_attack,
-        progress=show_progress, log=_log, **opts,
+        progress=show_progress, log=_log, resume=resume, **opts,
     )
     r = card["results"]
     out.print(f"{out_file}: clean accuracy {r['clean']['accuracy']:.4f} (n={r['clean']['n']}), "
@@ -151,6 +156,8 @@ def zoo_train(
     jobs: int = typer.Option(2, "--jobs", "-j", min=1, help="Worker processes."),
     threads: int = typer.Option(1, "--threads", min=1, help="Torch threads per worker."),
     force: bool = typer.Option(False, "--force", help="Retrain models whose weights exist."),
+    resume: bool = typer.Option(False, "--resume", help="Continue interrupted models from their last "
+                                "finished epoch (their state is kept beside the weights)."),
     out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="Where to write (default: the package's "
                                            "zoo/weights)."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", envvar="FILTERLENS_DATA"),
@@ -159,7 +166,7 @@ def zoo_train(
     from ..zoo import recipe
 
     status = recipe.train_zoo(only or None, out_dir=out_dir or recipe.WEIGHTS_DIR, jobs=jobs, threads=threads,
-                              force=force, data_dir=str(data_dir) if data_dir else None)
+                              force=force, resume=resume, data_dir=str(data_dir) if data_dir else None)
     failed = {k: v for k, v in status.items() if v}
     if failed:
         raise FilterlensError(f"{len(failed)} zoo model(s) failed: " + "; ".join(f"{k}: {v}" for k, v in failed.items()))

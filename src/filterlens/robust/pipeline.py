@@ -29,6 +29,25 @@ def _version() -> str:
         return "unknown"
 
 
+def train_state_path(out: str | Path) -> Path:
+    """Where training of ``out`` (``x.safetensors``) keeps its per-epoch state: ``x.train-state.pt``."""
+    out = Path(out)
+    return out.with_name(out.stem + ".train-state.pt")
+
+
+def device_description(threads: int | None) -> str:
+    """What trained the model, for its card: ``cpu: <processor> (<n> threads)`` or the CUDA device."""
+    if torch.cuda.is_available():
+        return f"cuda: {torch.cuda.get_device_name(0)}"
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return f"cpu: {cpu} ({threads or torch.get_num_threads()} threads)"
+
+
 def arch_kwargs_for(arch: str, dataset: str, extra: dict | None = None) -> dict:
     """Keyword arguments for ``create_arch``: the data set's mean/std (and any ``extra``)."""
     from ..archs import arch_info, small  # noqa: F401  (small registers the zoo's nets)
@@ -65,12 +84,15 @@ def train_and_save(
     log: Callable[[str], None] | None = None,
     name: str | None = None,
     card_extra: dict | None = None,
+    resume: bool = False,
     **train_options,
 ) -> dict:
     """Train, evaluate (clean on ``n_eval`` test images, PGD-``pgd_steps`` on ``n_attack``), save.
 
     ``train_options`` are further :class:`TrainConfig` fields (``lr``, ``batch_size``, ``schedule``,
-    ``attack_steps``, ``threads`` ...). Returns the model card that was written.
+    ``attack_steps``, ``threads`` ...). The training state is checkpointed after every epoch to
+    :func:`train_state_path` ``(out)``; with ``resume`` an interrupted run continues from there and
+    gives the weights an uninterrupted run gives. Returns the model card that was written.
     """
     from ..archs import create_arch
     from ..data import load_dataset
@@ -98,7 +120,9 @@ def train_and_save(
         if log:
             log(f"{name or out.stem}: {arch} on {dataset} ({len(sub)} images), {cfg.method}"
                 f"{' eps ' + format_eps(eps) if cfg.method != 'normal' else ''}, {epochs} epochs, seed {seed}")
-        result = train_model(model, sub, cfg, progress=progress, log=log, description=name or out.stem)
+        state_file = train_state_path(out)
+        result = train_model(model, sub, cfg, progress=progress, log=log, description=name or out.stem,
+                             state_file=state_file, resume=resume)
         te = time.perf_counter()
         results = evaluate_dataset(model, test_ds, eps, attack="pgd", n_clean=n_eval, n_attack=n_attack,
                                    steps=pgd_steps, seed=0)
@@ -130,10 +154,12 @@ def train_and_save(
         "filterlens_version": _version(),
         "python": platform.python_version(),
         "threads": cfg.threads,
+        "device": device_description(cfg.threads),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         **(card_extra or {}),
     }
     save_model(model, out, card)
+    state_file.unlink(missing_ok=True)  # the weights are written: the interrupted-run state is spent
     if log:
         r = results
         log(f"  -> {out}: clean {r['clean']['accuracy']:.4f} (n={r['clean']['n']}), PGD-{pgd_steps} "

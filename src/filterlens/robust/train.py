@@ -12,6 +12,7 @@ import random
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
@@ -190,6 +191,45 @@ def _guard_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: flo
     return acc
 
 
+STATE_FORMAT = "filterlens-train-state/1"
+
+
+def _state_dict_copy(model: nn.Module) -> dict:
+    return {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+
+
+def save_train_state(path: Path, state: dict) -> None:
+    """Write a training state atomically (a kill mid-write leaves the previous state)."""
+    import io
+
+    from .card import _atomic_write
+
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    _atomic_write(Path(path), buf.getvalue())
+
+
+def load_train_state(path: Path, cfg: TrainConfig) -> dict:
+    """Read a training state written by :func:`train_model` for the same configuration.
+
+    Read with ``weights_only=True``: a state file is data (tensors, numbers, strings), never code.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise TrainingError(f"{path}: not a readable training state ({type(e).__name__}: {e}); "
+                            f"delete it to start afresh") from None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise TrainingError(f"{path}: not a filterlens training state; delete it to start afresh")
+    def settings(d: dict) -> dict:  # the thread count may change between runs
+        return {k: v for k, v in d.items() if k != "threads"}
+
+    if settings(state.get("config") or {}) != settings(cfg.to_dict()):
+        raise TrainingError(f"{path}: the training state was written with other settings; delete it to "
+                            f"start afresh, or resume with the settings it was written with")
+    return state
+
+
 def train_model(
     model: nn.Module,
     data,
@@ -198,9 +238,28 @@ def train_model(
     progress: bool = True,
     log: Callable[[str], None] | None = None,
     description: str = "training",
+    state_file: str | Path | None = None,
+    resume: bool = False,
 ) -> TrainResult:
-    """Train ``model`` in place on ``data`` (an ``ArrayDataset`` or ``(uint8 NHWC images, labels)``)."""
+    """Train ``model`` in place on ``data`` (an ``ArrayDataset`` or ``(uint8 NHWC images, labels)``).
+
+    With ``state_file``, the whole training state (weights, optimiser, both generators — which fix
+    the data order, augmentation and attack starts —, the iteration, history and the overfitting
+    guard's best weights) is written there atomically after every epoch. With ``resume`` and an
+    existing ``state_file``, training continues after the last finished epoch and ends with the
+    same weights as an uninterrupted run with the same thread count. Without ``resume``, an existing
+    ``state_file`` is an error (it is never overwritten silently). The caller removes the file once
+    the trained weights are safely written.
+    """
     from ..data import BatchLoader
+
+    state_path = Path(state_file) if state_file is not None else None
+    resumed: dict | None = None
+    if state_path is not None and state_path.exists():
+        if not resume:
+            raise TrainingError(f"{state_path}: an interrupted training state exists; pass --resume to "
+                                f"continue it, or delete it to start afresh")
+        resumed = load_train_state(state_path, cfg)
 
     with torch_settings(cfg.threads, cfg.deterministic):
         gen = torch.Generator().manual_seed(cfg.seed)
@@ -238,8 +297,27 @@ def train_model(
             bar.start()
         t0 = time.perf_counter()
         it = 0
+        first_epoch = 0
+        seconds_before = 0.0
+        if resumed is not None:
+            model.load_state_dict(resumed["model"])
+            opt.load_state_dict(resumed["optimizer"])
+            gen.set_state(resumed["generator"])
+            attack_gen.set_state(resumed["attack_generator"])
+            it, first_epoch = int(resumed["iteration"]), int(resumed["epoch"])
+            seconds_before = float(resumed["seconds"])
+            result.history = list(resumed["history"])
+            best_guard = float(resumed["best_guard"])
+            best_state = resumed["best_state"]
+            result.stopped_early, result.note = bool(resumed["stopped_early"]), str(resumed["note"])
+            if result.stopped_early:
+                first_epoch = cfg.epochs
+            if log:
+                log(f"  resumed after epoch {first_epoch}/{cfg.epochs} from {state_path}")
+            if bar is not None:
+                bar.update(task, completed=it)
         try:
-            for epoch in range(cfg.epochs):
+            for epoch in range(first_epoch, cfg.epochs):
                 te = time.perf_counter()
                 loss_sum = torch.zeros(())
                 correct = torch.zeros((), dtype=torch.long)
@@ -284,7 +362,7 @@ def train_model(
                     rec["guard_pgd5_acc"] = acc
                     if acc >= best_guard or (cfg.eps_warmup > 0 and it <= cfg.eps_warmup * total):
                         best_guard = acc
-                        best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                        best_state = _state_dict_copy(model)
                     elif best_guard - acc > 0.2:
                         model.load_state_dict(best_state)
                         result.stopped_early = True
@@ -292,6 +370,15 @@ def train_model(
                                        f"{len(guard_y)} training images fell from {best_guard:.2f} to {acc:.2f}); "
                                        f"rolled back to the best epoch")
                 result.history.append(rec)
+                if state_path is not None:
+                    save_train_state(state_path, {
+                        "format": STATE_FORMAT, "config": cfg.to_dict(), "epoch": epoch + 1, "iteration": it,
+                        "model": _state_dict_copy(model), "optimizer": opt.state_dict(),
+                        "generator": gen.get_state(), "attack_generator": attack_gen.get_state(),
+                        "history": result.history, "best_guard": best_guard, "best_state": best_state,
+                        "seconds": seconds_before + time.perf_counter() - t0,
+                        "stopped_early": result.stopped_early, "note": result.note,
+                    })
                 if bar is not None:
                     bar.update(task, stats=f"epoch {epoch + 1}: loss {rec['loss']:.3f} acc {rec['train_acc']:.3f}")
                 if log:
@@ -305,7 +392,7 @@ def train_model(
         finally:
             if bar is not None:
                 bar.stop()
-        result.seconds = time.perf_counter() - t0
+        result.seconds = seconds_before + time.perf_counter() - t0
         result.images_per_second = it * cfg.batch_size / max(result.seconds, 1e-9)
         model.eval()
         if cfg.channels_last:

@@ -1,0 +1,106 @@
+"""Training survives interruptions: per-epoch state, exact resume, and the bundled CIFAR-10 sample."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from filterlens.archs import create_arch
+from filterlens.robust.train import TrainConfig, TrainingError, train_model
+
+
+class _Killed(Exception):
+    """Stands in for the process being killed right after an epoch's state was written."""
+
+
+def _data(n=256, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.random((n, 32, 32, 3)) * 255).astype(np.uint8), rng.integers(0, 10, n)
+
+
+def _train(method, state_file=None, resume=False, kill_after=None, epochs=3):
+    torch.manual_seed(0)
+    model = create_arch("small_vgg8", width=8)
+    cfg = TrainConfig(method=method, epochs=epochs, batch_size=64, threads=1, guard_n=64, lr=0.05)
+
+    def log(msg):
+        if kill_after is not None and f"epoch {kill_after}/" in msg:
+            raise _Killed
+
+    result = train_model(model, _data(), cfg, progress=False, log=log, state_file=state_file, resume=resume)
+    return model.state_dict(), result
+
+
+@pytest.mark.parametrize("method", ["normal", "fgsm-rs"])
+def test_resumed_run_gives_the_weights_of_an_uninterrupted_one(tmp_path, method):
+    full, full_result = _train(method)
+    state = tmp_path / "m.train-state.pt"
+    with pytest.raises(_Killed):
+        _train(method, state, kill_after=1)
+    assert state.is_file()
+    with pytest.raises(_Killed):  # killed a second time, after resuming once
+        _train(method, state, resume=True, kill_after=2)
+    resumed, resumed_result = _train(method, state, resume=True)
+    assert resumed.keys() == full.keys()
+    for key in full:
+        assert torch.equal(full[key], resumed[key]), key
+    assert [h["loss"] for h in resumed_result.history] == [h["loss"] for h in full_result.history]
+    assert len(resumed_result.history) == 3
+
+
+def test_uninterrupted_and_different_state_are_refused(tmp_path):
+    state = tmp_path / "s.pt"
+    with pytest.raises(_Killed):
+        _train("normal", state, kill_after=1)
+    before = state.read_bytes()
+    with pytest.raises(TrainingError, match="--resume"):
+        _train("normal", state)  # never silently overwritten
+    with pytest.raises(TrainingError, match="other settings"):
+        _train("fgsm-rs", state, resume=True)
+    assert state.read_bytes() == before
+    state.write_bytes(b"<html>not a state</html>")
+    with pytest.raises(TrainingError, match="not a readable training state"):
+        _train("normal", state, resume=True)
+
+
+def test_bundled_cifar_sample_is_small_balanced_and_plain_arrays():
+    from filterlens.data.sample import SAMPLE_FILE, load_cifar10_sample
+
+    assert SAMPLE_FILE.stat().st_size < 2_000_000
+    ds = load_cifar10_sample()
+    assert ds.images.shape == (500, 32, 32, 3) and ds.images.dtype == np.uint8
+    assert np.bincount(ds.labels, minlength=10).tolist() == [50] * 10
+    assert len(np.unique(ds.sample_indices)) == 500 and ds.sample_indices.max() < 10000
+    with np.load(SAMPLE_FILE, allow_pickle=False) as z:  # nothing in it needs unpickling
+        assert {k for k in z.files} == {"images", "labels", "indices", "origin"}
+
+
+@pytest.mark.shared
+def test_bundled_sample_equals_the_test_images_it_names():
+    from conftest import shared_path
+    from filterlens.data import load_dataset
+    from filterlens.data.sample import load_cifar10_sample
+
+    data_dir = shared_path("data", "cifar10-jpeg.tar.gz").parent
+    sample = load_cifar10_sample()
+    test = load_dataset("cifar10", "test", data_dir=data_dir, download=False)
+    assert np.array_equal(test.images[sample.sample_indices], sample.images)
+    assert np.array_equal(test.labels[sample.sample_indices], sample.labels)
+
+
+def test_demo_first_layer_runs_offline_on_the_bundled_sample(monkeypatch):
+    import filterlens.data as data
+    from filterlens import demo, zoo
+
+    if not any(m.get("dataset") == "cifar10" for m in zoo.list_models()):
+        pytest.skip("the bundled zoo has no CIFAR-10 models")
+
+    def no_data(*args, **kwargs):
+        raise data.DataNotFoundError("no CIFAR-10 here")
+
+    monkeypatch.setattr(data, "load_dataset", no_data)
+    result, note = demo.zoo_first_layer(n=16, steps=1, n_boot=50)
+    assert result is not None
+    assert "bundled sample of 500 CIFAR-10 test images" in note and "no CIFAR-10 data set was found" in note
+    assert len(result.per_model) == sum(m.get("dataset") == "cifar10" for m in zoo.list_models())
