@@ -90,7 +90,23 @@ def _sniff_onnx(path: Path) -> bool:
 def _from_state(state, arch, name, source, input_shape, arch_kwargs) -> ModelFilters:
     if not arch:
         return from_weights(to_numpy_state(state), name=name, source=source)
+
+    module, info = arch_module(state, arch, **arch_kwargs)
+    mf = from_module(module, name=name, source=source, input_shape=input_shape or info.input_shape,
+                     arch=info.name)
+    return mf
+
+
+def arch_module(state, arch: str, **arch_kwargs):
+    """``(module, ArchInfo)``: the registered architecture ``arch`` with ``state`` loaded.
+
+    The one way from a checkpoint and an architecture to a module. ``arch_kwargs`` override the
+    keyword arguments the architecture's name implies; without ``num_classes`` there, it is
+    read from the classifier in ``state`` (:func:`~filterlens.sources.checkpoint.infer_num_classes`).
+    Weights that do not fit raise :class:`~filterlens.errors.ArchitectureError`.
+    """
     from ..archs import arch_info
+    from .checkpoint import infer_num_classes, load_into
 
     info, implied = arch_info(arch)
     kwargs = {**implied, **arch_kwargs}
@@ -100,9 +116,7 @@ def _from_state(state, arch, name, source, input_shape, arch_kwargs) -> ModelFil
             kwargs["num_classes"] = n
     module = info.builder(**kwargs)
     load_into(module, state, info.name)
-    mf = from_module(module, name=name, source=source, input_shape=input_shape or info.input_shape,
-                     arch=info.name)
-    return mf
+    return module, info
 
 
-__all__ = ["ModelSource", "load_model", "from_module", "from_weights"]
+__all__ = ["ModelSource", "arch_module", "load_model", "from_module", "from_weights"]
