@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from os import PathLike
-from pathlib import Path
 from typing import Any, Iterable, Literal, Sequence
 
 import numpy as np
 import pandas as pd
 
+from ..atomic import write_text_atomic
 from ..errors import FilterlensError
 from ..metrics import DEFAULT_THRESHOLD
 from ..jsonable import to_jsonable
@@ -101,7 +101,7 @@ class ComparisonResult:
         """:meth:`to_dict` as JSON text (strict JSON: NaN is ``null``); written to ``path`` if given."""
         text = json.dumps(self.to_dict(), indent=indent, allow_nan=False)
         if path is not None:
-            Path(path).write_text(text + "\n", encoding="utf-8")
+            write_text_atomic(path, text + "\n")
         return text
 
 

@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 
 from ..analysis.bins import ALL, BIN_LABELS, METRICS
 from ..analysis.shift import Histograms, PCABasis
+from ..atomic import atomic_path
 
 #: Colours of group a and group b.
 GROUP_COLORS = {"a": "#d95f02", "b": "#1b9e77"}
@@ -45,7 +46,8 @@ def save_figure(fig: Figure, stem: str | PathLike, formats: Sequence[str] = ("pn
     paths = []
     for fmt in formats:
         path = stem.with_name(f"{stem.name}.{fmt}")
-        fig.savefig(path, format=fmt, dpi=dpi)
+        with atomic_path(path) as tmp:  # a failed save leaves the previous figure as it was
+            fig.savefig(tmp, format=fmt, dpi=dpi)
         paths.append(path)
     return paths
 

@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 from ..analysis.bins import ALL
 from ..analysis.compare import ComparisonResult
 from ..analysis.shift import FilterChunksFn, filter_array
+from ..atomic import write_text_atomic
 from . import figures as F
 from . import first_layer as FL
 from .markup import escape as _e
@@ -267,5 +268,5 @@ def write_html(
     figs = build_figures(result, layers, filter_chunks_fn)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_html(result, figs, title, dpi, first_layer), encoding="utf-8")
+    write_text_atomic(path, render_html(result, figs, title, dpi, first_layer))
     return path
