@@ -14,11 +14,11 @@ import torch.nn.functional as F
 from conftest import shared_path
 from matplotlib.figure import Figure
 
-from filterlens.analysis import first_layer as FL
-from filterlens.analysis.first_layer import (
-    centre_peaked, find_first_conv, first_layer_study, low_freq_share, measure_first_layer, pass_ratio,
-    peak_energy_share, random_bank, relative_change, single_tap, spectral_centroid, training_group,
+from filterlens.firstlayer import (
+    capture, centre_peaked, find_first_conv, first_layer_claims, first_layer_study, low_freq_share, measure_first_layer,
+    pass_ratio, peak_energy_share, random_bank, relative_change, single_tap, spectral_centroid, training_group,
 )
+from filterlens.firstlayer.study import _perturb
 
 CHECKER = np.array([[1.0, -1, 1], [-1, 1, -1], [1, -1, 1]])
 DELTA = np.array([[0.0, 0, 0], [0, 1, 0], [0, 0, 0]])
@@ -180,7 +180,7 @@ def test_pgd_perturbations_stay_in_the_eps_ball():
     x, y = _binary_images(16)
     model = Tiny(torch.randn(8, 1, 3, 3, generator=torch.Generator().manual_seed(2))).eval()
     for eps in (0.1, 0.3):
-        adv = FL._perturb(model, x, y, eps, steps=3, alpha=None, restarts=1, seed=0, batch_size=8)
+        adv = _perturb(model, x, y, eps, steps=3, alpha=None, restarts=1, seed=0, batch_size=8)
         assert (adv - x).abs().max() <= eps + 1e-6
         assert (adv - x).abs().max() > 0.5 * eps
         assert adv.min() >= 0 and adv.max() <= 1
@@ -198,7 +198,7 @@ def test_identity_filter_gives_the_input_change():
     model = Tiny(w, relu=False, mean=0.5, std=0.25).eval()
     fc = find_first_conv(model, x)
     assert fc.activation == "none"
-    zin, _ = FL._capture(model, fc, x)
+    zin, _ = capture(model, fc, x)
     assert torch.allclose(zin, (x - 0.5) / 0.25)
     m = measure_first_layer(model, x, x + d)
     expected = ((d / 0.25).flatten(1).norm(dim=1) / ((x - 0.5) / 0.25).flatten(1).norm(dim=1)).mean()
@@ -279,7 +279,7 @@ def test_in_place_relu_does_not_corrupt_the_captured_output():
     lenet = create_arch("lenet5").eval()  # relu1 is in place
     x = torch.rand(3, 1, 28, 28)
     fc = find_first_conv(lenet, x)
-    _, out = FL._capture(lenet, fc, x)
+    _, out = capture(lenet, fc, x)
     assert torch.allclose(out, lenet.conv1(x))
     assert (out < 0).any()
 
@@ -287,7 +287,7 @@ def test_in_place_relu_does_not_corrupt_the_captured_output():
 # --- the real LeNet5 pair -------------------------------------------------------------------------
 
 def _lenet(path):
-    from filterlens.cli.first_layer_cmd import resolve_model
+    from filterlens.firstlayer import resolve_model
 
     return resolve_model(str(path), "lenet5")[1]
 
@@ -328,7 +328,7 @@ def test_lenet5_robust_first_layer_passes_less_of_the_perturbation(lenet_result)
     st = res.stats.set_index(["level", "metric"])
     assert st.loc[("filter", "rel_change"), "ci_high"] < 0  # robust - normal, bootstrap CI below 0
     assert st.loc[("filter", "rel_change"), "p_value"] < 1e-3
-    claims = FL.first_layer_claims(res.stats).set_index("claim")
+    claims = first_layer_claims(res.stats).set_index("claim")
     assert claims.loc["activations_change_less", "verdict"] == "supported"
     assert claims.loc["thresholding", "verdict"] == "supported"
     assert claims.loc["thresholding", "level"] == "filter"  # one model per group

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import FilterlensError
+from .training import ADVERSARIAL, training_label
 
 DB_NAME = "filters.db"
 
@@ -19,11 +20,12 @@ def card_metadata(card: dict) -> dict:
     method = (card.get("training") or {}).get("method", "unknown")
     results = card.get("results") or {}
     threat = card.get("threat_model") or {}
-    robust = method != "normal"
+    label = training_label(method)
+    robust = label == ADVERSARIAL
     return {
         "arch": card.get("arch"),
         "dataset": card.get("dataset"),
-        "training": "adversarial" if robust else "normal",
+        "training": label or "unknown",
         "threat_model": threat.get("norm", "Linf") if robust else None,
         "eps": threat.get("eps") if robust else None,
         "clean_acc": (results.get("clean") or {}).get("accuracy"),
@@ -71,7 +73,7 @@ def zoo_first_layer(dataset: str = "cifar10", n: int = 64, steps: int = 5, n_boo
     offline (the note says why) or the zoo has no models of that data set.
     """
     from . import zoo
-    from .analysis.first_layer import first_layer_study
+    from .firstlayer import first_layer_study
     from .data import DataError, load_dataset
     from .robust.attacks import parse_eps
     from .robust.card import load_model
@@ -83,7 +85,7 @@ def zoo_first_layer(dataset: str = "cifar10", n: int = 64, steps: int = 5, n_boo
         module, card = load_model(zoo.model_path(row["name"]))
         method = (card.get("training") or {}).get("method", "unknown")
         entries.append((row["name"], module.eval(), method))
-        if method != "normal":
+        if training_label(method) == ADVERSARIAL:
             eps = (card.get("threat_model") or {}).get("eps", eps)
     if not entries:
         return None, f"no {dataset} models in the zoo"
@@ -121,7 +123,7 @@ def run_demo(out_dir: Path, n_boot: int = 2000, on_model: Callable[[str], None] 
     result.notes.append(fl_note)
     if fl_result is not None:
         from .analysis.claims import with_first_layer
-        from .analysis.first_layer import first_layer_claims
+        from .firstlayer import first_layer_claims
 
         result.claims = with_first_layer(result.claims, first_layer_claims(fl_result.stats), "cifar10")
     report = out_dir / "report.html"

@@ -11,3 +11,7 @@ class SourceError(FilterlensError):
 
 class ArchitectureError(FilterlensError):
     """An unknown architecture, or weights that do not fit one."""
+
+
+class FirstLayerError(FilterlensError):
+    """A model's first layer could not be found or measured, or the study's inputs are wrong."""

@@ -257,7 +257,7 @@ def evaluate_claims(
 
 def with_first_layer(claims: pd.DataFrame, first_layer_claims: pd.DataFrame, dataset: str | None) -> pd.DataFrame:
     """Replace the unmeasured ``first_layer_thresholding`` row(s) with the verdicts of a
-    first-layer study (:func:`filterlens.analysis.first_layer.first_layer_claims`), one row per
+    first-layer study (:func:`filterlens.firstlayer.first_layer_claims`), one row per
     part of the claim."""
     if first_layer_claims is None or first_layer_claims.empty:
         return claims

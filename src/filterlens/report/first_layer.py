@@ -1,11 +1,12 @@
-"""Figures and an HTML section for the first-layer study (:mod:`filterlens.analysis.first_layer`).
+"""Figures and an HTML section for the first-layer study (:mod:`filterlens.firstlayer`).
 
 - :func:`activation_figure`: the paper's figure for any models side by side: the first-layer
   filters, the clean activation, the adversarial activation and their difference;
 - :func:`metrics_figure`: per-filter measurements per model, coloured by group;
 - :func:`build_first_layer_figures`: both for a :class:`FirstLayerResult`;
 - :func:`first_layer_section`: the report section (``<section id="first-layer">``) from the
-  per-model table, the statistics and figures; :func:`write_first_layer_html` a standalone page.
+  per-model table, the statistics and figures; :func:`write_first_layer_html` a standalone page;
+- :func:`save_first_layer`: everything a study writes into a folder (tables, JSON, figures, page).
 
 Every figure is a new :class:`matplotlib.figure.Figure` (Agg canvas, no pyplot state); pass
 ``save="path/stem"`` to write ``stem.png`` and ``stem.pdf``.
@@ -22,11 +23,12 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from ..firstlayer.stats import first_layer_claims
 from . import figures as F
 from .markup import escape, figures_html, html_table, interval, standalone_page
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..analysis.first_layer import FirstLayerExample, FirstLayerResult
+    from ..firstlayer.result import FirstLayerExample, FirstLayerResult
 
 #: Colours of the groups (robust like group a of the comparison report, normal like b).
 FIRST_LAYER_COLORS = {"robust": F.GROUP_COLORS["a"], "normal": F.GROUP_COLORS["b"], "unknown": "#777777"}
@@ -283,8 +285,6 @@ def first_layer_section(
               "(unadjusted).</p>",
               _stats_table(stats if stats is not None else pd.DataFrame())]
     if stats is not None and len(stats):
-        from ..analysis.first_layer import first_layer_claims
-
         claims = first_layer_claims(stats)
         parts += ["<h3>The paper's first-layer claim</h3>",
                   html_table(claims, ["claim", "statement", "level", "verdict", "diff", "p_value", "detail"],
@@ -332,7 +332,21 @@ def write_first_layer_html(
     return path
 
 
+def save_first_layer(result: "FirstLayerResult", out_dir: str | PathLike, max_channels: int = 8) -> list[Path]:
+    """Write everything of ``result`` into ``out_dir`` (created): the tables and JSON
+    (:meth:`FirstLayerResult.save`), the figures as PNG and PDF
+    (:func:`build_first_layer_figures`) and the standalone page ``first_layer.html``.
+    Returns the paths written."""
+    out_dir = Path(out_dir)
+    paths = result.save(out_dir)
+    figs = build_first_layer_figures(result, max_channels)
+    for fid, (fig, _) in figs.items():
+        paths += F.save_figure(fig, out_dir / fid)
+    paths.append(write_first_layer_html(result, out_dir / "first_layer.html", figs))
+    return paths
+
+
 __all__ = [
     "activation_figure", "build_first_layer_figures", "first_layer_section", "first_layer_section_from_result",
-    "metrics_figure", "render_first_layer_page", "select_channels", "write_first_layer_html",
+    "metrics_figure", "render_first_layer_page", "save_first_layer", "select_channels", "write_first_layer_html",
 ]
