@@ -12,6 +12,7 @@ from hypothesis.extra.numpy import arrays
 from filterlens.metrics import (
     aggregate,
     aggregate_layers,
+    as_filters,
     entropy10,
     measure_weight,
     orthogonality,
@@ -127,17 +128,25 @@ def test_non_finite_weights_are_not_measured():
 
 # --- agreement with the plain reference --------------------------------------------------------
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("shape", [(16, 3, 3, 3), (32, 16, 3, 3), (8, 1, 3, 3), (24, 8, 5, 5), (4, 6, 1, 3)])
-def test_agrees_with_reference_on_random_weights(seed, shape):
+def test_agrees_with_reference_on_random_weights(seed, shape, dtype):
     rng = np.random.default_rng(seed)
-    w = rng.normal(size=shape).astype(np.float32)
-    # make a share of filters (near) sparse, some exactly at the threshold
+    w = rng.normal(size=shape).astype(dtype)
+    # make a share of filters (near) sparse, one on the threshold
     kill = rng.random(shape[:2]) < 0.3
     w[kill] *= 1e-3
-    m = np.abs(w).max()
     w[0, 0] = 0
-    w[0, 0, 0, 0] = 0.01 * m  # exactly on the threshold: sparse under '<='
+    m = float(np.abs(w).max())
+    w[0, 0, 0, 0] = 0.01 * m  # on the threshold: sparse under '<=', not under '<'
+    if dtype == np.float64:
+        # float64 stores 0.01 * m as computed, so the filter sits exactly on the threshold and
+        # the two rules must differ by exactly this one filter (float32 would round it off).
+        assert abs(float(w[0, 0, 0, 0])) == 0.01 * m
+        n = shape[0] * shape[1]
+        assert sparsity(w) - sparsity(w, inclusive=False) == pytest.approx(1 / n, abs=1e-12)
+        assert sparse_mask(as_filters(w))[0] and not sparse_mask(as_filters(w), inclusive=False)[0]
     r = measure_weight(w)
     assert r["sparsity"] == pytest.approx(ref_sparsity(w), abs=1e-12)
     assert sparsity(w, inclusive=False) == pytest.approx(ref_sparsity(w, inclusive=False), abs=1e-12)
