@@ -18,10 +18,10 @@ on first use, so the torch-free parts (kernels, stats, result) load without torc
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..errors import FirstLayerError
+from ..lazy import lazy_exports
 
 #: public name -> module that defines it
 _LAZY = {
@@ -51,17 +51,6 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from .tracing import FirstConv, capture, find_first_conv
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(module, __name__), name)
-    globals()[name] = value  # later look-ups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
-
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
 
 __all__ = ["FirstLayerError", *sorted(_LAZY)]
