@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
 import pytest
 
 from filterlens import zoo
+from filterlens.data.cifar import find_cifar10
+from filterlens.data.paths import data_dirs
 from filterlens.cli.main import main
 
 
 def _zoo_has_both_groups() -> bool:
     methods = {m.get("training") for m in zoo.list_models()}
     return "normal" in methods and len(methods - {"normal"}) > 0
+
+
+def _cifar10_present() -> bool:
+    """Where the demo looks for CIFAR-10 (``../shared/data``, ``$FILTERLENS_DATA``, the cache)."""
+    return find_cifar10(data_dirs()) is not None
 
 
 pytestmark = pytest.mark.skipif(not _zoo_has_both_groups(), reason="the bundled zoo lacks a normal or a robust model")
@@ -34,9 +42,17 @@ def test_demo_writes_database_comparison_and_report(tmp_path, capsys):
     assert all(name in html for name in names)  # every zoo model is in the models table
     claims = {c["claim"]: c["verdict"] for c in comparison["claims"]}
     assert "fewer_sparse_filters" in claims
-    if (out / "first_layer.csv").exists():  # CIFAR-10 test images were found
-        assert 'id="first-layer"' in html
+    cifar_models = {m["name"] for m in zoo.list_models() if m.get("dataset") == "cifar10"}
+    if _cifar10_present() and cifar_models:
+        # With CIFAR-10 at hand the first-layer study must run and reach every output.
+        assert (out / "first_layer.csv").is_file()
+        per_model = pd.read_csv(out / "first_layer.csv")
+        assert set(per_model["model"]) == cifar_models
+        assert html.count('<section id="first-layer">') == 1 and '<a href="#first-layer">' in html
         assert any(c.startswith("first_layer_thresholding/") for c in claims)
+    else:  # offline and without the data: no section, and the notes say why
+        assert not (out / "first_layer.csv").exists() and 'id="first-layer"' not in html
+        assert any("first layer" in n for n in comparison["notes"])
 
 
 def test_demo_refuses_to_overwrite_a_foreign_folder(tmp_path, capsys):
