@@ -1,4 +1,4 @@
-"""A plain, independent implementation of science.md, written for clarity, not speed.
+"""A plain, independent implementation of docs/definitions.md, written for clarity, not speed.
 
 Loops over filters, the SVD route for variance entropy (as in the paper's code), and the
 explicit ``G - I`` for orthogonality. The tests compare filterlens against it.

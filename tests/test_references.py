@@ -15,7 +15,7 @@ from filterlens.types import ConvLayer
 
 # --- constants ----------------------------------------------------------------------------------
 
-FLOAT32_EPS = 1.1920929e-07  # science.md: empty bins get float32's machine epsilon, 2**-23
+FLOAT32_EPS = 1.1920929e-07  # docs/definitions.md: empty bins get float32's machine epsilon, 2**-23
 
 
 def test_histogram_epsilon_is_float32_machine_epsilon() -> None:

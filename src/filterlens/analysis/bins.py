@@ -1,6 +1,6 @@
 """Depth bins: the first layer on its own, every other layer in a right-closed decile.
 
-science.md, "Depth bins": the first layer (``conv_depth == 0``) is its own bin ``"first"``;
+docs/definitions.md, "Depth bins": the first layer (``conv_depth == 0``) is its own bin ``"first"``;
 every other layer falls into one of the right-closed deciles of ``conv_depth_norm``:
 ``(0.0, 0.1], (0.1, 0.2], ..., (0.9, 1.0]``. A model contributes one value per bin: the
 weighted aggregate of :func:`filterlens.metrics.aggregate` over its layers in that bin.

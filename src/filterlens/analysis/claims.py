@@ -1,4 +1,4 @@
-"""The paper's findings (science.md, "What the paper found"), each judged on the data.
+"""The paper's findings (docs/definitions.md, "The paper's claims"), each judged on the data.
 
 Group ``a`` plays the paper's robust models, group ``b`` the normal ones. Every claim gets
 one verdict per dataset scope: ``supported``, ``contradicted`` or ``inconclusive``, with

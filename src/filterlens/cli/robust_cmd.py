@@ -15,7 +15,7 @@ from .console import dumps, err, out
 TRAININGS = "normal | pgd | fgsm-rs | trades"
 
 #: Optimiser settings by name. ``paper``: how Gavrikov & Keuper trained the normal counterparts
-#: (docs/science.md): SGD, Nesterov momentum 0.9, lr 0.01, weight decay 0.01, batch 256, x0.1 every 30 epochs.
+#: (docs/definitions.md): SGD, Nesterov momentum 0.9, lr 0.01, weight decay 0.01, batch 256, x0.1 every 30 epochs.
 PRESETS = {
     "fast": dict(batch_size=128, lr=0.1, weight_decay=5e-4, schedule="onecycle", step_every=30),
     "paper": dict(batch_size=256, lr=0.01, weight_decay=0.01, schedule="step", step_every=30),

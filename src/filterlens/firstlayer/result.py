@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..atomic import atomic_path, write_text_atomic
 from ..jsonable import to_jsonable
 from .stats import first_layer_claims
 
@@ -69,19 +70,20 @@ class FirstLayerResult:
         """:meth:`to_dict` as JSON text (NaN written as null), also written to ``path`` if given."""
         text = json.dumps(self.to_dict(filters), indent=indent, allow_nan=False)
         if path is not None:
-            Path(path).write_text(text + "\n", encoding="utf-8")
+            write_text_atomic(path, text + "\n")
         return text
 
     def save(self, out_dir: str | PathLike) -> list[Path]:
         """Write ``per_model.csv``, ``per_filter.csv``, ``per_kernel.csv``, ``stats.csv`` and
-        ``first_layer.json`` into ``out_dir`` (created); returns the paths."""
+        ``first_layer.json`` into ``out_dir`` (created), each atomically; returns the paths."""
         d = Path(out_dir)
         d.mkdir(parents=True, exist_ok=True)
         paths = []
         for name, df in (("per_model", self.per_model), ("per_filter", self.per_filter),
                          ("per_kernel", self.per_kernel), ("stats", self.stats)):
             p = d / f"{name}.csv"
-            df.to_csv(p, index=False)
+            with atomic_path(p) as tmp:  # a failed write leaves the previous file
+                df.to_csv(tmp, index=False)
             paths.append(p)
         p = d / "first_layer.json"
         self.to_json(p)

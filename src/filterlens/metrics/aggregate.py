@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-#: How each metric is weighted when layers are pooled (science.md).
+#: How each metric is weighted when layers are pooled (docs/definitions.md, "Pooling layers").
 WEIGHTS = {
     "sparsity": "n_filters",  # sum of sparse filters / sum of filters
     "variance_entropy": "n_nonsparse",

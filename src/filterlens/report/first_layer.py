@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from ..atomic import write_text_atomic
 from ..firstlayer.stats import first_layer_claims
 from . import figures as F
 from .markup import escape, figures_html, html_table, interval, standalone_page
@@ -327,8 +328,7 @@ def write_first_layer_html(
     """Write a standalone page with the first-layer section of ``result``; returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_first_layer_page(first_layer_section_from_result(result, figures, dpi), title),
-                    encoding="utf-8")
+    write_text_atomic(path, render_first_layer_page(first_layer_section_from_result(result, figures, dpi), title))
     return path
 
 

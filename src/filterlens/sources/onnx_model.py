@@ -4,7 +4,7 @@ Every ``Conv`` / ``ConvTranspose`` node of the main graph whose weight is 4-D (a
 convolution) and constant is collected. A weight is constant when it is a graph initializer,
 the output of a ``Constant`` node, or either of those reached through ``Identity`` nodes.
 
-Depth follows ``docs/science.md``: the graph is the ONNX node graph (a node's predecessors are
+Depth follows ``docs/definitions.md``: the graph is the ONNX node graph (a node's predecessors are
 the producers of its inputs), the real graph inputs are source nodes of depth 0, and a node's
 depth is the length of its longest path from a graph input. Initializers, ``Constant`` nodes
 and anything computed from constants alone are not reachable from an input and carry no depth.

@@ -9,7 +9,7 @@ across interrupted sessions. The weights total about 9 MB.
 All CIFAR models share one recipe (data, epochs, optimiser, schedule) and differ only in
 training method and seed, so normal/robust pairs are comparable.
 This is a shortened schedule, not the paper's 125-epoch recipe for the normal counterparts
-(``docs/science.md``, "Training the normal counterparts"); the cards record every setting.
+(``docs/definitions.md``, "Training the normal counterparts"); the cards record every setting.
 """
 
 from __future__ import annotations
