@@ -156,8 +156,29 @@ def sparse_kernels(weight: Kernels, threshold: float = 0.01) -> np.ndarray:
 def kernel_table(weight: Kernels, *, radius: int = 0, centroid_size: int = 32,
                  min_centre_share: float = 1 / 3, single_tap_share: float = SINGLE_TAP_SHARE,
                  sparse_threshold: float = 0.01) -> pd.DataFrame:
-    """One row per kernel ``W[o, i]``: ``out_channel, in_channel, l2, sparse, low_freq_share,
-    spectral_centroid, centre_peaked, single_tap, peak_energy_share``."""
+    """Every kernel measure of one layer, one row per kernel ``W[o, i]``.
+
+    Parameters
+    ----------
+    weight : ndarray or Tensor
+        The layer's weight ``(c_out, c_in, kh, kw)``.
+    radius : int
+        Low band of :func:`low_freq_share`.
+    centroid_size : int
+        DFT size of :func:`spectral_centroid`.
+    min_centre_share : float
+        Least centre energy share of :func:`centre_peaked`.
+    single_tap_share : float
+        Least largest-tap energy share of :func:`single_tap`.
+    sparse_threshold : float
+        The sparse rule of :func:`sparse_kernels`.
+
+    Returns
+    -------
+    DataFrame
+        Columns ``out_channel, in_channel, l2, sparse, low_freq_share, spectral_centroid,
+        centre_peaked, single_tap, peak_energy_share``.
+    """
     w = weight.detach().cpu().double().numpy() if hasattr(weight, "detach") else np.asarray(weight, float)
     c_out, c_in = w.shape[:2]
     k = w.reshape(-1, *w.shape[-2:])

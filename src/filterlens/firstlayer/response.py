@@ -149,13 +149,34 @@ def measure_first_layer(
 ) -> dict:
     """The activation and pass measures of ``model``'s first layer for given clean/perturbed inputs.
 
-    Returns a dict: ``first`` (:class:`FirstConv`), per-channel arrays ``rel_change``,
-    ``rel_change_pre``, ``pass_ratio``, ``dead_share`` (share of images on which the channel's
-    clean activation is all zero), the per-model scalars ``rel_change``/``rel_change_pre``/
-    ``pass_ratio`` under ``model_*`` keys, and the example activations (when ``example_index``).
-    ``model_rel_change_nonsparse`` leaves out the sparse channels (every kernel of ``W[o]`` has
-    ``max|w| <= sparse_threshold * max|W|``): such a channel is its bias alone, a constant
-    activation that no perturbation changes and that would only inflate ``||a(x)||``.
+    Parameters
+    ----------
+    model : nn.Module
+        The model, in the mode to measure it in.
+    x, x_adv : Tensor
+        Clean and perturbed images ``(N, C, H, W)``, as the model takes them.
+    n_banks, seed, match
+        The random banks of :func:`pass_ratio`.
+    batch_size : int
+        Images per forward pass (each pass stops after the first conv).
+    first : FirstConv, optional
+        The first conv, when already found (default: :func:`find_first_conv`).
+    example_index : int, optional
+        The image whose activations are returned for the figure (None: none).
+    sparse_threshold : float
+        The sparse-channel rule of ``model_rel_change_nonsparse``.
+
+    Returns
+    -------
+    dict
+        ``first`` (:class:`FirstConv`); per-channel arrays ``rel_change``, ``rel_change_pre``,
+        ``pass_ratio``, ``dead_share`` (share of images on which the channel's clean
+        activation is all zero) and ``sparse_channel``; the per-model scalars under
+        ``model_*`` keys; ``example``, the activations of image ``example_index``.
+        ``model_rel_change_nonsparse`` leaves out the sparse channels (every kernel of ``W[o]``
+        has ``max|w| <= sparse_threshold * max|W|``): such a channel is its bias alone, a
+        constant activation that no perturbation changes and that would only inflate
+        ``||a(x)||``.
     """
     fc = first or find_first_conv(model, x[:1])
     gen = torch.Generator().manual_seed(seed)

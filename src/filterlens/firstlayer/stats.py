@@ -50,6 +50,18 @@ def first_layer_stats(
 ) -> pd.DataFrame:
     """Robust (a) vs normal (b) per metric: model level, and filter level when ``per_filter``.
 
+    Parameters
+    ----------
+    per_model : DataFrame
+        One row per model with ``model``, ``group`` and the metric columns
+        (:attr:`FirstLayerResult.per_model`).
+    per_filter : DataFrame, optional
+        One row per model and output channel (:attr:`FirstLayerResult.per_filter`).
+    metrics : sequence of str
+        The metrics to compare (those missing from a table are skipped).
+    n_boot, ci, seed
+        The percentile bootstrap of the difference.
+
     Uses :func:`filterlens.analysis.stats.compare_values` (Mann-Whitney U, rank-biserial r,
     percentile bootstrap CI of the difference of the means, Cohen's d). Models of group
     ``unknown`` are left out. Columns: ``level, metric, n_robust, n_normal, mean_robust,
@@ -90,6 +102,13 @@ CLAIM_PARTS = (
 
 def first_layer_claims(stats: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
     """Verdicts on the paper's first-layer claim from :func:`first_layer_stats`.
+
+    Parameters
+    ----------
+    stats : DataFrame
+        The table of :func:`first_layer_stats`.
+    alpha : float
+        Significance level.
 
     Each part is decided at the model level when both groups have at least 2 models with a
     p-value, else at the filter level (filters pooled; weaker evidence, ``level`` says which):
