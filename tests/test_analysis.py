@@ -400,7 +400,7 @@ def test_shift_large_in_differing_bin_zero_elsewhere(middle_differs):
 def test_shift_small_elsewhere_with_independent_draws():
     models, layers, weights = build(differ=(MIDDLE,), shared_elsewhere=False, n_models=6, seed=5)
     memb = split_groups(models).membership.to_dict()
-    res = distribution_shift(layers, memb, chunker(weights))
+    res = distribution_shift(layers, memb, chunker(weights), procedure="per_bin")
     s = res.table.set_index("depth_bin")["divergence"]
     target = s["(0.4, 0.5]"]
     others = s.drop(["(0.4, 0.5]", ALL])
@@ -425,7 +425,7 @@ def test_streamed_shift_equals_in_memory(range_mode, known_max):
     if not known_max:
         layers = layers.drop(columns=["weight_max_abs"])  # forces the extra max pass
     memb = split_groups(models).membership.to_dict()
-    res = distribution_shift(layers, memb, chunker(weights, chunk_size=37), range_mode=range_mode)
+    res = distribution_shift(layers, memb, chunker(weights, chunk_size=37), range_mode=range_mode, procedure="per_bin")
     assert not res.notes
     layer_of = {ALL: None, FIRST: "conv0", "(0.4, 0.5]": "conv5", "(0.9, 1.0]": "conv10"}
     for bin_, layer in layer_of.items():
@@ -448,7 +448,7 @@ def test_model_weights_repeat_a_models_filters():
     models, layers, weights = build(differ=(MIDDLE,), n_models=3, seed=4)
     memb = split_groups(models).membership.to_dict()
     rep = {"cifar10-nor0": 3}
-    res = distribution_shift(layers, memb, chunker(weights), model_weights=rep, by_bin=False)
+    res = distribution_shift(layers, memb, chunker(weights), model_weights=rep, by_bin=False, procedure="per_bin")
     div, *_ = reference_shift(weights, memb, repeat=rep)
     assert len(res.table) == 1 and abs(res.table["divergence"].iloc[0] - div) < 1e-9
 
@@ -460,7 +460,7 @@ def test_shift_edge_cases():
     weights = dict(weights)
     weights[("cifar10-nor0", "conv0")] = np.zeros_like(weights[("cifar10-nor0", "conv0")])
     layers = layers.drop(columns=["weight_max_abs"])
-    res = distribution_shift(layers, memb, chunker(weights))
+    res = distribution_shift(layers, memb, chunker(weights), procedure="per_bin")
     first = res.table[res.table["depth_bin"] == FIRST].iloc[0]
     assert np.isnan(first["divergence"]) and "group b" in first["note"]
     assert any("the layers table says" in n for n in res.notes)  # stale n_nonsparse spotted
@@ -628,7 +628,8 @@ def test_shuffled_null_separates_sampling_noise_from_real_shift():
     def shift(n, offset, seed=7):
         rng = np.random.default_rng(seed)
         f = {"a1": rng.normal(size=(n, 3, 3)), "b1": rng.normal(size=(n, 3, 3)) + offset * np.eye(3)}
-        res = distribution_shift(layers, {"a1": "a", "b1": "b"}, lambda m, l: [f[m]], by_bin=False)
+        res = distribution_shift(layers, {"a1": "a", "b1": "b"}, lambda m, l: [f[m]], by_bin=False,
+                                 procedure="per_bin")
         return res.table.iloc[0]
 
     # 48 filters (an RGB first layer of 16 channels) in 70 bins: two samples of ONE distribution

@@ -559,7 +559,7 @@ def test_h5_round_trip_is_identical(tmp_path, db):
     assert result.added == ["robust_wrn", "normal_wrn"] and result.n_filters == len(filters)
     models = db.models().set_index("model")
     assert models.loc["robust_wrn", "training"] == "adversarial" and models.loc["normal_wrn", "training"] == "normal"
-    assert models.loc["robust_wrn", "clean_acc"] == 85.25 and models.loc["robust_wrn", "arch"] == "WRN-28-10"
+    assert models.loc["robust_wrn", "clean_acc"] == pytest.approx(0.8525) and models.loc["robust_wrn", "arch"] == "WRN-28-10"
     layer = db.layers("robust_wrn").set_index("layer").loc["layer_1"]
     w = db.weight("robust_wrn", "layer_1")
     assert w.shape == (16, 16, 3, 3) and layer["conv_depth"] == 1

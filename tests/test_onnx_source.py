@@ -159,7 +159,8 @@ def test_conv_transpose(tmp_path):
     assert (tconv.in_channels, tconv.out_channels) == (8, 6)
     assert_bit_identical(tconv.weight, m[1].weight)
     assert not layers[0].transposed and layers[0].op_type == "Conv"
-    assert [l.conv_depth for l in layers] == [0, 1]
+    # a ConvTranspose takes no part in the conv levels (the paper's extractor counts Conv nodes)
+    assert [l.conv_depth for l in layers] == [0, None] and layers[1].depth > layers[0].depth
 
 
 def test_gzip_loads_identically(tmp_path):

@@ -142,7 +142,8 @@ def compare(
     by_bin: bool = True,
     n_bins: int = N_BINS,
     range_mode: str = "global",
-    count_shared: Literal["once", "per_pair"] = "once",
+    count_shared: Literal["once", "per_pair"] = "per_pair",
+    shift_procedure: Literal["paper", "per_bin"] = "paper",
     threshold: float = DEFAULT_THRESHOLD,
     inclusive: bool = True,
     majority: float = 0.7,
@@ -160,9 +161,11 @@ def compare(
     path, a DataFrame or :class:`Pairs`. With pairs the statistics are paired (Wilcoxon)
     and only paired models are compared. ``filter_chunks_fn(model, layer)`` yields the
     layer's filters as ``(n, kh, kw)`` chunks; without it (or ``shift=False``) the
-    distribution shift is skipped. ``count_shared="per_pair"`` counts a model's filters
-    once per pair it serves in the shift (the paper's way); the default counts each model
-    once. See :mod:`~filterlens.analysis.stats`, :mod:`~filterlens.analysis.shift` and
+    distribution shift is skipped. The shift follows the paper's procedure
+    (``shift_procedure="paper"``: one shared basis and scalar range, density-scale epsilon);
+    ``"per_bin"`` is the variant with a basis and range per scope and a label-shuffled null.
+    ``count_shared="per_pair"`` (default, the paper's pair lists) counts a model's filters
+    once per pair it serves in the shift; ``"once"`` counts each model once. See :mod:`~filterlens.analysis.stats`, :mod:`~filterlens.analysis.shift` and
     :mod:`~filterlens.analysis.claims` for the definitions.
     """
     if "model" not in models.columns:
@@ -173,6 +176,8 @@ def compare(
         raise FilterlensError(f"the layers table lacks column(s): {', '.join(lacking)}")
     if count_shared not in ("once", "per_pair"):
         raise FilterlensError("count_shared must be 'once' or 'per_pair'")
+    if shift_procedure not in ("paper", "per_bin"):
+        raise FilterlensError("shift_procedure must be 'paper' or 'per_bin'")
     models = models.assign(model=models["model"].astype(str))
     if "dataset" not in models.columns:
         models = models.assign(dataset="unknown")
@@ -224,7 +229,7 @@ def compare(
         weights = None
         if count_shared == "per_pair":
             if pair_obj is None:
-                notes.append("count_shared='per_pair' has no effect without pairs")
+                count_shared = "once"  # no pair lists: each model once
             else:
                 weights = pair_obj.multiplicity().astype(float).to_dict()
         shift_res = distribution_shift(
@@ -237,6 +242,7 @@ def compare(
             kernel_size=kernel_size,
             n_bins=n_bins,
             range_mode=range_mode,
+            procedure=shift_procedure,
             threshold=threshold,
             inclusive=inclusive,
         )
@@ -267,7 +273,9 @@ def compare(
         "sparse_rule": "max|w| <= threshold * max|W|" if inclusive else "max|w| < threshold * max|W|",
         "shift": None
         if shift_res is None
-        else {**shift_res.settings, "shared_models_counted": count_shared},
+        else {**shift_res.settings, "shared_models_counted": count_shared,
+              "procedure_name": "the paper's procedure (science.md)" if shift_procedure == "paper"
+              else "per-bin variant (basis and range per scope, probability-scale epsilon, shuffled null)"},
     }
     empty = pd.DataFrame()
     return ComparisonResult(

@@ -195,25 +195,57 @@ def _meta(models: pd.DataFrame, name: str, column: str) -> Any:
     return None if hit.empty or pd.isna(hit.iloc[0]) else hit.iloc[0]
 
 
+def pair_list(source: str | PathLike | pd.DataFrame) -> pd.DataFrame:
+    """A pairs table as the pair list ``robust, normal[, dataset, arch]``, rows as given.
+
+    Accepts a CSV path or a DataFrame in the paper's format (``robust_vs_normal_pairings.csv``:
+    an unnamed index column, ``Robust``, ``Normal``, ``Arch``, ``Dataset``) or filterlens's
+    (``robust,normal`` or ``model_a,model_b`` or ``adversarial,normal``, optional
+    ``dataset``/``arch``); column names are matched case-insensitively. Duplicate rows are
+    kept: the paper's pair lists count a model once per row. Names are stripped strings;
+    a row without both names is an error.
+    """
+    if isinstance(source, pd.DataFrame):
+        frame = source
+    else:
+        try:
+            frame = pd.read_csv(source, dtype=str, keep_default_na=False)
+        except FileNotFoundError:
+            raise FilterlensError(f"{source}: no such pairs file") from None
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, IsADirectoryError) as exc:
+            raise FilterlensError(f"{source}: not a readable pairs CSV ({str(exc).splitlines()[0]})") from None
+    # the paper's CSV was written with its index: an unnamed first column
+    frame = frame.loc[:, [not (str(c).startswith("Unnamed:") or str(c).strip() == "") for c in frame.columns]]
+    lower = {str(c).strip().lower(): c for c in frame.columns}
+    cols = next(((lower[a], lower[b]) for a, b in _PAIR_COLUMNS if a in lower and b in lower), None)
+    if cols is None:
+        raise FilterlensError(
+            "a pairs table needs columns Robust,Normal (the paper's) or robust,normal or model_a,model_b; got "
+            + (", ".join(map(str, frame.columns)) or "no columns")
+        )
+    out = pd.DataFrame({"robust": frame[cols[0]], "normal": frame[cols[1]]})
+    for name in ("dataset", "arch"):
+        if name in lower:
+            out[name] = frame[lower[name]]
+    for c in out.columns:
+        out[c] = out[c].map(lambda v: "" if v is None or (isinstance(v, float) and v != v) else str(v).strip())
+    empty = out.index[(out["robust"] == "") | (out["normal"] == "")]
+    if len(empty):
+        raise FilterlensError(f"pairs table row(s) {', '.join(map(str, list(empty)[:5]))} lack a model name")
+    return out.reset_index(drop=True)
+
+
 def load_pairs(
     source: str | PathLike | pd.DataFrame, models: pd.DataFrame, groups: Groups | None = None
 ) -> Pairs:
-    """Pairs from a CSV path or a DataFrame with columns ``robust,normal`` (or ``model_a,model_b``).
+    """Pairs from a CSV path or a DataFrame (any format :func:`pair_list` reads, the paper's too).
 
     Every named model must be in ``models``; with ``groups``, the first column's models must
     be in group ``a`` and the second's in group ``b``. Duplicate rows are dropped once, with
     a note. A pair whose two models have different datasets is kept with a note.
     """
-    frame = source if isinstance(source, pd.DataFrame) else pd.read_csv(source)
-    cols = next(((a, b) for a, b in _PAIR_COLUMNS if {a, b} <= set(frame.columns)), None)
-    if cols is None:
-        raise FilterlensError(
-            "a pairs table needs columns robust,normal (or model_a,model_b); got "
-            + ", ".join(map(str, frame.columns))
-        )
-    table = pd.DataFrame(
-        {"model_a": frame[cols[0]].astype(str).str.strip(), "model_b": frame[cols[1]].astype(str).str.strip()}
-    )
+    frame = pair_list(source)
+    table = pd.DataFrame({"model_a": frame["robust"], "model_b": frame["normal"]})
     notes = []
     dupes = int(table.duplicated().sum())
     if dupes:

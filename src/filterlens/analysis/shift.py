@@ -1,6 +1,9 @@
-"""Distribution shift between two groups of filters (science.md), streamed over chunks.
+"""Distribution shift between two groups of filters, streamed over chunks.
 
-For each *scope* (a dataset, or all datasets, crossed with all layers or one depth bin):
+The default is the paper's procedure (docs/definitions.md), in :mod:`filterlens.analysis.paper`. This
+module holds the *per-bin* variant (``procedure="per_bin"``), which differs from the paper in
+fitting a basis and a range per scope and putting epsilon on the probability scale, and adds a
+label-shuffled null. For each *scope* (a dataset, or all datasets, crossed with all layers or one depth bin):
 
 1. take the scaled, non-sparse filters: drop the filters with ``max|w| <= 0.01 * max|W|``
    (``W`` the whole layer; ``<`` with ``inclusive=False``) and divide each remaining
@@ -40,7 +43,7 @@ from ..metrics import DEFAULT_THRESHOLD, filter_linf
 from .bins import ALL, assign_bins, bin_order
 from .stats import ALL_DATASETS, dataset_scopes
 
-#: Empty histogram bins get this probability before renormalising (science.md).
+#: Empty histogram bins get this probability before renormalising (docs/definitions.md).
 HIST_EPS = float(np.finfo(np.float32).eps)
 #: The paper's number of histogram bins.
 N_BINS = 70
@@ -285,8 +288,15 @@ def distribution_shift(
     inclusive: bool = True,
     eps: float = HIST_EPS,
     null_seed: int = 0,
+    procedure: str = "paper",
 ) -> ShiftResult:
-    """Streamed distribution shift between group ``a`` and group ``b`` (module docstring).
+    """Streamed distribution shift between group ``a`` and group ``b``.
+
+    ``procedure="paper"`` (default): the paper's procedure of docs/definitions.md, see
+    :func:`filterlens.analysis.paper.paper_distribution_shift` (one shared basis and one scalar
+    range for the whole comparison, density-scale epsilon; ``range_mode`` and ``null_seed``
+    do not apply). ``procedure="per_bin"``: the variant of the module docstring, a basis and
+    a range per scope, probability-scale epsilon, and the label-shuffled null and excess.
 
     ``layers``: per-layer rows (``model, layer`` and ``depth_bin`` or ``conv_depth[_norm]``;
     ``weight_max_abs`` when known saves a pass per layer). ``membership``: ``model -> "a" |
@@ -297,6 +307,14 @@ def distribution_shift(
     without it there is one dataset scope, ``"all"``. Filters with NaN/Inf are dropped and
     counted in ``notes``.
     """
+    if procedure == "paper":
+        from .paper import paper_distribution_shift
+
+        return paper_distribution_shift(layers, membership, filter_chunks_fn, datasets=datasets,
+                                        model_weights=model_weights, by_bin=by_bin, kernel_size=kernel_size,
+                                        n_bins=n_bins, threshold=threshold, eps=eps)
+    if procedure != "per_bin":
+        raise ValueError("procedure must be 'paper' or 'per_bin'")
     if range_mode not in ("global", "per_component"):
         raise ValueError("range_mode must be 'global' or 'per_component'")
     kernel_size = (int(kernel_size[0]), int(kernel_size[1]))
@@ -445,6 +463,7 @@ def distribution_shift(
         rows.append(row)
 
     settings = {
+        "procedure": "per_bin",
         "n_bins": n_bins,
         "range_mode": range_mode,
         "hist_eps": eps,

@@ -46,6 +46,21 @@ MODEL_COLUMNS = {
     "eps": "eps",
 }
 LAYOUT_ATTR = "h5_layout"
+#: meta columns the published tables give in percent; the database stores fractions.
+PERCENT_COLUMNS = ("Clean Accuracy", "Robust Accuracy")
+
+
+def _from_percent(v: Any) -> Any:
+    """A percent accuracy of the published meta table (``68.46``) as a fraction (``0.6846``)."""
+    try:
+        return float(v) / 100.0
+    except (TypeError, ValueError):
+        return v  # not a number: normalize_metadata reports it
+
+
+def _to_percent(v: Any) -> Any:
+    """A fraction of the database as the published tables' percent (NaN stays NaN)."""
+    return v * 100.0 if isinstance(v, (int, float)) and not isinstance(v, bool) else v
 
 
 @dataclass
@@ -177,7 +192,7 @@ def import_h5(
             md: dict[str, Any] = {"extra": {"h5_model_id": _plain(mid)}}
             for col, key in MODEL_COLUMNS.items():
                 if col in grp.columns and not pd.isna(first[col]):
-                    md[key] = first[col]
+                    md[key] = _from_percent(first[col]) if col in PERCENT_COLUMNS else first[col]
             if "training" in grp.columns and str(first["training"]).strip().lower() in TRAINING_VALUES:
                 md["training"] = str(first["training"]).strip().lower()  # written by export_h5
             elif "Robust" in grp.columns and not pd.isna(first["Robust"]):
@@ -254,8 +269,8 @@ def _native_row(layer: pd.Series, model: pd.Series) -> dict:
         "Robust": model["training"] == "adversarial",
         "training": model["training"],
         "Training-Dataset": na(model["dataset"]),
-        "Clean Accuracy": na(model["clean_acc"]),
-        "Robust Accuracy": na(model["robust_acc"]),
+        "Clean Accuracy": _to_percent(na(model["clean_acc"])),
+        "Robust Accuracy": _to_percent(na(model["robust_acc"])),
         "Network": na(model["arch"]),
         "Backbone": na(model["arch"]),
     }

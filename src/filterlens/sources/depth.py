@@ -68,13 +68,16 @@ def assign_conv_depths(layers: Sequence[ConvLayer]) -> None:
     ``conv_depth`` is the index of a layer's depth among the sorted distinct depths of all
     conv layers (so parallel layers at the same depth share it);
     ``conv_depth_norm = conv_depth / (levels - 1)``, 0 with a single level.
+    Only ordinary convolutions make levels (docs/definitions.md, "Depth": the paper's extractor counts ONNX
+    ``Conv`` nodes), so a transposed conv keeps its raw ``depth`` but gets no ``conv_depth``.
     Layers without a depth keep ``None``.
     """
-    levels = sorted({l.depth for l in layers if l.depth is not None})
+    levels = sorted({l.depth for l in layers if l.depth is not None and not l.transposed})
     rank = {d: i for i, d in enumerate(levels)}
     top = len(levels) - 1
     for layer in layers:
-        if layer.depth is None:
+        if layer.depth is None or layer.transposed:
+            layer.conv_depth = layer.conv_depth_norm = None
             continue
         layer.conv_depth = rank[layer.depth]
         layer.conv_depth_norm = layer.conv_depth / top if top > 0 else 0.0
