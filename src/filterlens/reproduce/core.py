@@ -1,8 +1,8 @@
-"""Replay the paper's notebooks on its published ``dataset.h5``, streamed (science.md).
+"""Replay the paper's notebooks on its published ``dataset.h5``, streamed (docs/definitions.md).
 
 :func:`reproduce` imports the file into a filter database (model by model, so an interrupted
 import resumes; a database already made from the same file is reused), then computes every
-number of science.md's "The published numbers" in three streamed passes over the filters:
+number of docs/definitions.md's "The published numbers" in three streamed passes over the filters:
 
 1. per layer: sparse filters (``max|w| <= max|W| / 100``) and the moments of the scaled
    non-sparse filters (per-layer variance entropy, per-model and pooled PCA spectra);

@@ -1,4 +1,4 @@
-"""The paper's published numbers (science.md, "The published numbers"), keyed as the output."""
+"""The paper's published numbers (docs/definitions.md, "The published numbers"), keyed as the output."""
 
 from __future__ import annotations
 
