@@ -640,3 +640,76 @@ def test_shuffled_null_separates_sampling_noise_from_real_shift():
     same, moved = shift(2000, 0.0), shift(2000, 2.0)
     assert same["divergence_null"] < 0.2 and abs(same["excess"]) < 0.05
     assert moved["excess"] > 0.9 * moved["divergence"] > 1.0
+
+
+# ------------------------------------------------------------------ the paper's shift (default)
+def reference_paper_shift(weights, membership, datasets, repeat, n_bins=70):
+    """science.md's procedure the plain way, all filters in memory (numpy only).
+
+    One basis over every model (each once), one scalar range over every projected filter
+    (sparse ones included), density histograms with epsilon on that scale, scipy's entropy."""
+    import scipy.stats
+
+    def scale(x):
+        d = np.abs(x).max(axis=1)
+        return x / np.where(d == 0, 1, d)[:, None]
+
+    def nonsparse(w):
+        x = w.reshape(-1, 9).astype(np.float64)
+        return x[~(np.abs(x).max(axis=1) <= np.abs(x).max() / 100)]
+
+    pooled = np.concatenate([scale(nonsparse(w)) for (m, _), w in weights.items() if m in membership])
+    mu, vt, evr = _pca_svd(pooled)
+    every = np.concatenate([scale(w.reshape(-1, 9).astype(np.float64)) for (m, _), w in weights.items()
+                            if m in membership])
+    proj = (every - mu) @ vt.T
+    rng_ = (proj.min(), proj.max())
+    out = {}
+    for ds in set(datasets.values()):
+        parts = {"a": [], "b": []}
+        for (m, _), w in weights.items():
+            if m in membership and datasets[m] == ds:
+                parts[membership[m]].append(np.tile(scale(nonsparse(w)), (repeat.get(m, 1), 1)))
+        ca, cb = ((np.concatenate(parts[g]) - mu) @ vt.T for g in ("a", "b"))
+        kl = 0.0
+        for c in range(9):
+            p = np.histogram(ca[:, c], n_bins, rng_, density=True)[0]
+            q = np.histogram(cb[:, c], n_bins, rng_, density=True)[0]
+            p, q = np.where(p == 0, HIST_EPS, p), np.where(q == 0, HIST_EPS, q)
+            kl += evr[c] * (scipy.stats.entropy(p / p.sum(), q / q.sum()) + scipy.stats.entropy(q / q.sum(), p / p.sum()))
+        out[ds] = kl
+    return out, evr
+
+
+def test_paper_shift_is_the_default_and_equals_plain_reference():
+    models, layers, weights = build(differ=(0, MIDDLE), n_models=3, seed=2)
+    models = models.copy()
+    models.loc[models.index[:2], "dataset"] = "other"  # two datasets: the basis and range stay shared
+    memb = split_groups(models).membership.to_dict()
+    ds_of = models.set_index("model")["dataset"].to_dict()
+    rep = {next(m for m in memb if memb[m] == "b"): 3}
+    res = distribution_shift(layers, memb, chunker(weights, chunk_size=29), datasets=ds_of, model_weights=rep)
+    ref, evr = reference_paper_shift(weights, memb, ds_of, rep)
+    table = res.table.set_index(["dataset", "depth_bin"])
+    for ds, kl in ref.items():
+        assert abs(table.loc[(ds, ALL), "divergence"] - kl) < 1e-9
+    assert res.settings["procedure"] == "paper"
+    bases = list(res.bases.values())
+    assert all(b is bases[0] for b in bases)  # one basis for every scope
+    np.testing.assert_allclose(bases[0].explained_variance_ratio, evr, atol=1e-12)
+    assert table["range_low"].nunique() == 1 and table["range_high"].nunique() == 1  # one scalar range
+    assert table["divergence_null"].isna().all()  # the null belongs to the per-bin variant
+
+
+def test_compare_names_its_procedure_and_keeps_the_per_bin_variant():
+    models, layers, weights = build(differ=(MIDDLE,), n_models=3, seed=4)
+    paper = compare(models, layers, chunker(weights), pairs="auto", n_boot=100)
+    assert paper.settings["shift"]["procedure"] == "paper"
+    assert paper.settings["shift"]["shared_models_counted"] == "per_pair"
+    assert "paper" in paper.settings["shift"]["procedure_name"]
+    variant = compare(models, layers, chunker(weights), pairs="auto", n_boot=100, shift_procedure="per_bin",
+                      count_shared="once")
+    assert variant.settings["shift"]["procedure"] == "per_bin"
+    assert np.isfinite(variant.shift["divergence_null"]).all() and "excess" in variant.shift
+    with pytest.raises(FilterlensError, match="shift_procedure"):
+        compare(models, layers, chunker(weights), shift_procedure="bogus")

@@ -267,3 +267,25 @@ def test_import_h5_stores_accuracies_as_fractions(replay):
     models = FilterDB.open(replay[1]).models().set_index("model")
     assert models.loc["robustbench_Alpha2020_cifar10_linf_13", "clean_acc"] == pytest.approx(0.841)
     assert models.loc["robustbench_Alpha2020_cifar10_linf_13", "robust_acc"] == pytest.approx(0.512)
+
+
+def test_compare_takes_the_papers_pairs_csv_and_names_its_procedure(replay, tmp_path):
+    from typer.testing import CliRunner
+
+    from filterlens.cli.main import app
+
+    runner = CliRunner()
+    base = ["compare", "--db", str(replay[1]), "--pairs", str(PAIRS), "--format", "json", "--n-boot", "200"]
+    res = runner.invoke(app, base)
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    assert data["settings"]["shift"]["procedure"] == "paper"
+    assert data["settings"]["shift"]["shared_models_counted"] == "per_pair"
+    assert len(data["pairs"]) == 6
+    res = runner.invoke(app, base + ["--shift-procedure", "per-bin", "--count-shared", "once"])
+    assert res.exit_code == 0, res.output
+    variant = json.loads(res.output)
+    assert variant["settings"]["shift"]["procedure"] == "per_bin"
+    assert any(r["divergence_null"] is not None for r in variant["shift"])
+    res = runner.invoke(app, base + ["--shift-procedure", "bogus"])
+    assert res.exit_code != 0

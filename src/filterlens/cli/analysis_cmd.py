@@ -46,7 +46,8 @@ def group_spec(db, by: Optional[str], groups: Optional[List[str]]):
                      name_a=values[0], name_b=values[1])
 
 
-def run_compare(db_path: Path, by, groups, pairs, n_boot: int, seed: int, shift: bool = True):
+def run_compare(db_path: Path, by, groups, pairs, n_boot: int, seed: int, shift: bool = True,
+                shift_procedure: str = "paper", count_shared: str = "per_pair"):
     from ..analysis.compare import chunks_from, compare
     from ..db import FilterDB
 
@@ -56,7 +57,8 @@ def run_compare(db_path: Path, by, groups, pairs, n_boot: int, seed: int, shift:
         raise FilterlensError(f"{db_path}: the database holds no models; add some with 'filterlens extract'")
     spec = group_spec(db, by, groups)
     chunks = chunks_from(db)
-    result = compare(models, layers, chunks, groups=spec, pairs=pairs, n_boot=n_boot, seed=seed, shift=shift)
+    result = compare(models, layers, chunks, groups=spec, pairs=pairs, n_boot=n_boot, seed=seed, shift=shift,
+                     shift_procedure=shift_procedure, count_shared=count_shared)
     return db, layers, chunks, result
 
 
@@ -73,11 +75,23 @@ def compare_cmd(
     n_boot: int = typer.Option(10_000, "--n-boot", help="Bootstrap resamples for the confidence intervals."),
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
     no_shift: bool = typer.Option(False, "--no-shift", help="Skip the distribution shift (reads no filters)."),
+    shift_procedure: str = typer.Option("paper", "--shift-procedure", help="paper (science.md: one shared basis "
+                                        "and range, density-scale epsilon) | per-bin (basis and range per depth bin, "
+                                        "with a label-shuffled null and the excess over it)."),
+    count_shared: str = typer.Option("per-pair", "--count-shared", help="With pairs: per-pair (the paper's pair "
+                                     "lists: a model serving k pairs counts k times in the shift) | once."),
 ) -> None:
     """Compare two groups of models per metric and depth bin (means, CI, rank test, shift)."""
     if fmt not in ("table", "csv", "json"):
         raise FilterlensError(f"--format must be table, csv or json, not {fmt!r}")
-    _, _, _, result = run_compare(db, by, groups, pairs, n_boot, seed, shift=not no_shift)
+    procedures = {"paper": "paper", "per-bin": "per_bin", "per_bin": "per_bin"}
+    counts = {"per-pair": "per_pair", "per_pair": "per_pair", "once": "once"}
+    if shift_procedure not in procedures:
+        raise FilterlensError(f"--shift-procedure must be paper or per-bin, not {shift_procedure!r}")
+    if count_shared not in counts:
+        raise FilterlensError(f"--count-shared must be per-pair or once, not {count_shared!r}")
+    _, _, _, result = run_compare(db, by, groups, pairs, n_boot, seed, shift=not no_shift,
+                                  shift_procedure=procedures[shift_procedure], count_shared=counts[count_shared])
     if fmt == "json":
         text = result.to_json()
         if out_file:
@@ -96,8 +110,10 @@ def compare_cmd(
     emit(stats, "table", out_file, title=f"a = {names['a']}   vs   b = {names['b']}")
     if out_file is None:
         if not result.shift.empty:
-            out.print(rich_table(result.shift, ["dataset", "depth_bin", "n_a", "n_b", "divergence"],
-                                 title="distribution shift (weighted symmetric KL; n = filters)"))
+            per_bin = result.settings["shift"].get("procedure") == "per_bin"
+            cols = ["dataset", "depth_bin", "n_a", "n_b", "divergence"] + (["divergence_null", "excess"] if per_bin else [])
+            out.print(rich_table(result.shift, cols, title="distribution shift (weighted symmetric KL; n = filters; "
+                                 + ("per-bin variant)" if per_bin else "the paper's procedure)")))
         if not result.claims.empty:
             out.print(rich_table(result.claims, ["claim", "dataset", "verdict", "statistic"],
                                  title="the paper's claims on this data"))
