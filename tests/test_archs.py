@@ -38,7 +38,15 @@ REGISTERED = {
     "dm-wrn-28-10",
     "dm-wrn-70-16",
     "lenet5",
+    "dm-preact-resnet18",
+    "wrn-34-r",
+    "pssilu-wrn-28-10",
+    "chen2020-ensemble",
+    "tv-resnet18",
+    "tv-resnet50",
+    "tv-wide-resnet50-2",
 }
+IMAGENET_ARCHS = {"tv-resnet18", "tv-resnet50", "tv-wide-resnet50-2"}
 # Every registered name (including any registered elsewhere in the package) plus small
 # members of the parametric families, which run the code of the big ones for real.
 ALL_NAMES = sorted({i.name for i in list_archs()} | REGISTERED)
@@ -104,7 +112,8 @@ def test_num_classes_and_input_shapes() -> None:
     assert meta_arch("wrn-28-10", num_classes=100).fc.out_features == 100
     assert meta_arch("dm-wrn-28-10", num_classes=100).logits.out_features == 100
     assert arch_info("lenet5")[0].input_shape == (1, 28, 28)
-    assert all(arch_info(n)[0].input_shape == (3, 32, 32) for n in REGISTERED - {"lenet5"})
+    assert all(arch_info(n)[0].input_shape == (3, 32, 32) for n in REGISTERED - {"lenet5"} - IMAGENET_ARCHS)
+    assert all(arch_info(n)[0].input_shape == (3, 224, 224) for n in IMAGENET_ARCHS)
     assert create_arch("wrn-16-2", sub_block1=True).sub_block1 is not None
 
 
@@ -130,6 +139,10 @@ def test_num_classes_and_input_shapes() -> None:
         ("dm-wrn-28-10", 36_479_194),
         ("dm-wrn-70-16", 266_796_506),
         ("lenet5", 648_226),
+        # torchvision's published sizes: 11,689,512 / 25,557,032 / 68,883,240
+        ("tv-resnet18", 11_689_512),
+        ("tv-resnet50", 25_557_032),
+        ("tv-wide-resnet50-2", 68_883_240),
     ],
 )
 def test_parameter_counts(name: str, expected: int) -> None:
@@ -172,7 +185,8 @@ def test_key_names_match_the_original_code() -> None:
     assert "fc.bias" not in keys("wrn-28-10", bias_last=False)
 
     k = keys("dm-wrn-28-10")
-    assert {"mean", "std", "init_conv.weight", "batchnorm.running_var", "logits.weight"} <= k
+    assert {"init_conv.weight", "batchnorm.running_var", "logits.weight"} <= k
+    assert not {"mean", "std"} & k  # non-persistent, as in RobustBench
     block = "layer.0.block.0."
     assert {block + p for p in ("batchnorm_0.weight", "conv_0.weight", "shortcut.weight")} <= k
     assert "layer.2.block.3.conv_1.weight" in k and "layer.0.block.1.shortcut.weight" not in k

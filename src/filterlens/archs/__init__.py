@@ -14,3 +14,5 @@ __all__ = [
     "register_pattern",
 ]
 from . import small  # noqa: E402,F401  (small CIFAR nets of the bundled zoo)
+# RobustBench's other families (key-for-key as its model definitions).
+from . import dm_preact_resnet, ensemble, imagenet_resnet, wide_resnet_variants  # noqa: E402,F401

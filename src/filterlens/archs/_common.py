@@ -45,6 +45,67 @@ def _floats(what: str, values: Sequence[float] | float) -> list[float]:
         raise ArchitectureError(f"{what} must be a sequence of numbers, got {values!r}") from None
 
 
+class PerImageStandardization(nn.Module):
+    """Standardise each image by its own mean and std over all pixels and channels:
+    ``(x - mean(x)) / max(std(x), 1 / sqrt(C*H*W))`` (the input of RobustBench's
+    Ding2020MMA; unbiased std as ``torch.std``). No parameters or buffers."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mu = x.mean(dim=(1, 2, 3), keepdim=True)
+        std = x.std(dim=(1, 2, 3), keepdim=True)
+        std_min = torch.ones_like(std) / (x.shape[1] * x.shape[2] * x.shape[3]) ** 0.5
+        return (x - mu) / torch.max(std, std_min)
+
+
+class NormalizedInput(nn.Module):
+    """Base of the nets whose input normalisation may live in the state dict.
+
+    RobustBench's model classes differ only in where ``(x - mean) / std`` keeps its
+    statistics: nowhere (``stats_keys=None``: a non-persistent ``normalize`` submodule, no
+    keys), or as persistent top-level buffers such as ``mu``/``sigma`` (``stats_keys=("mu",
+    "sigma")``, shape ``(1, C, 1, 1)``), which then are state-dict keys like the original's.
+    ``per_image=True`` standardises each image by its own statistics instead.
+    """
+
+    normalize: Optional[nn.Module]
+    _stats_keys: Optional[tuple[str, str]]
+
+    def setup_input(
+        self,
+        mean: Stats,
+        std: Stats,
+        channels: int,
+        stats_keys: Optional[Sequence[str]] = None,
+        per_image: bool = False,
+    ) -> None:
+        self._stats_keys = None
+        if per_image:
+            if mean is not None or std is not None or stats_keys:
+                raise ArchitectureError("per_image standardisation takes no mean, std or stats_keys")
+            self.normalize = PerImageStandardization()
+            return
+        if not stats_keys:
+            self.normalize = make_normalization(mean, std, channels)
+            return
+        keys = tuple(str(k) for k in stats_keys)
+        if len(keys) != 2:
+            raise ArchitectureError(f"stats_keys names the mean and std buffers: two names, got {keys!r}")
+        norm = make_normalization(mean, std, channels)
+        if norm is None:
+            raise ArchitectureError("stats_keys needs mean and std")
+        self.normalize = None
+        self._stats_keys = keys  # type: ignore[assignment]
+        self.register_buffer(keys[0], norm.mean.clone())
+        self.register_buffer(keys[1], norm.std.clone())
+
+    def normalize_input(self, x: torch.Tensor) -> torch.Tensor:
+        if self._stats_keys is not None:
+            return (x - getattr(self, self._stats_keys[0])) / getattr(self, self._stats_keys[1])
+        if self.normalize is not None:
+            return self.normalize(x)
+        return x
+
+
 def make_normalization(
     mean: Sequence[float] | None, std: Sequence[float] | None, channels: int
 ) -> InputNormalization | None:

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._common import Stats, check_num_classes, conv1x1, conv3x3, make_normalization, stack_blocks
+from ._common import NormalizedInput, Stats, check_num_classes, conv1x1, conv3x3, stack_blocks
 from .registry import register_arch
 
 __all__ = ["PreActBlock", "PreActResNet", "preact_resnet18"]
@@ -61,7 +61,7 @@ class PreActBlock(nn.Module):
         return out + shortcut
 
 
-class PreActResNet(nn.Module):
+class PreActResNet(NormalizedInput):
     """Pre-activation ResNet with a CIFAR stem: conv1, ``layer1..layer4``, (bn), ``linear``."""
 
     def __init__(
@@ -72,9 +72,10 @@ class PreActResNet(nn.Module):
         out_shortcut: bool = False,
         mean: Stats = None,
         std: Stats = None,
+        stats_keys: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
-        self.normalize = make_normalization(mean, std, 3)
+        self.setup_input(mean, std, 3, stats_keys)
         self.bn_before_fc = bn_before_fc
         self.conv1 = conv3x3(3, 64)
         opt = {"out_shortcut": out_shortcut}
@@ -87,9 +88,7 @@ class PreActResNet(nn.Module):
         self.linear = nn.Linear(planes, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.normalize is not None:
-            x = self.normalize(x)
-        out = self.conv1(x)
+        out = self.conv1(self.normalize_input(x))
         out = self.layer1(out)
         out = self.layer2(out)
         out = self.layer3(out)
@@ -114,8 +113,13 @@ def preact_resnet18(
     out_shortcut: bool = False,
     mean: Stats = None,
     std: Stats = None,
+    stats_keys: Sequence[str] | None = None,
 ) -> PreActResNet:
-    """PreAct ResNet-18 (PreActBlocks 2-2-2-2) with RobustBench's key names."""
+    """PreAct ResNet-18 (PreActBlocks 2-2-2-2) with RobustBench's key names.
+
+    ``stats_keys=("mu", "sigma")``: input statistics in the state dict (RobustBench's
+    Wong2020Fast, Rice2020Overfitting on CIFAR-100, Kireev2021Effectiveness classes).
+    """
     return PreActResNet(
-        [2, 2, 2, 2], check_num_classes(num_classes), bn_before_fc, out_shortcut, mean, std
+        [2, 2, 2, 2], check_num_classes(num_classes), bn_before_fc, out_shortcut, mean, std, stats_keys
     )

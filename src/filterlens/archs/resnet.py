@@ -8,16 +8,16 @@ where the shape changes (an empty Sequential otherwise), and ``linear``.
 
 from __future__ import annotations
 
-from typing import Sequence, Type, Union
+from typing import Sequence, Type
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._common import Stats, check_num_classes, conv1x1, conv3x3, make_normalization, stack_blocks
+from ._common import NormalizedInput, Stats, check_num_classes, conv1x1, conv3x3, stack_blocks
 from .registry import register_arch
 
-__all__ = ["BasicBlock", "Bottleneck", "ResNet", "resnet18", "resnet34", "resnet50"]
+__all__ = ["BasicBlock", "Bottleneck", "PreActBottleneck", "ResNet", "resnet18", "resnet34", "resnet50"]
 
 
 def projection_shortcut(in_planes: int, out_planes: int, stride: int) -> nn.Sequential:
@@ -70,19 +70,49 @@ class Bottleneck(nn.Module):
         return F.relu(out)
 
 
-class ResNet(nn.Module):
-    """ResNet with a CIFAR stem: conv1/bn1, ``layer1..layer4`` (64..512 planes), ``linear``."""
+class PreActBottleneck(nn.Module):
+    """The pre-activation bottleneck of Chen et al. 2020 (RobustBench's
+    ``BottleneckChen2020AdversarialNet``): ``bn0``-ReLU first, no BN after ``conv3``, no final
+    ReLU; a projection shortcut takes the pre-activated input, the identity the raw one."""
+
+    expansion = 4
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.bn0 = nn.BatchNorm2d(in_planes)
+        self.conv1 = conv1x1(in_planes, planes)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = conv3x3(planes, planes, stride)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = conv1x1(planes, self.expansion * planes)
+        self.shortcut = projection_shortcut(in_planes, self.expansion * planes, stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pre = F.relu(self.bn0(x))
+        out = F.relu(self.bn1(self.conv1(pre)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.conv3(out)
+        return out + self.shortcut(x if len(self.shortcut) == 0 else pre)
+
+
+class ResNet(NormalizedInput):
+    """ResNet with a CIFAR stem: conv1/bn1, ``layer1..layer4`` (64..512 planes), ``linear``.
+
+    ``stats_keys=("mu", "sigma")`` keeps the input statistics in the state dict, as
+    RobustBench's Engstrom2019Robustness and similar classes do.
+    """
 
     def __init__(
         self,
-        block: Type[Union[BasicBlock, Bottleneck]],
+        block: Type[nn.Module],
         num_blocks: Sequence[int],
         num_classes: int = 10,
         mean: Stats = None,
         std: Stats = None,
+        stats_keys: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
-        self.normalize = make_normalization(mean, std, 3)
+        self.setup_input(mean, std, 3, stats_keys)
         self.conv1 = conv3x3(3, 64)
         self.bn1 = nn.BatchNorm2d(64)
         self.layer1, planes = stack_blocks(block, 64, 64, num_blocks[0], stride=1)
@@ -92,9 +122,7 @@ class ResNet(nn.Module):
         self.linear = nn.Linear(planes, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.normalize is not None:
-            x = self.normalize(x)
-        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn1(self.conv1(self.normalize_input(x))))
         out = self.layer1(out)
         out = self.layer2(out)
         out = self.layer3(out)
@@ -107,22 +135,28 @@ class ResNet(nn.Module):
 @register_arch(
     "resnet18", description="ResNet-18, CIFAR stem (kuangliu / RobustBench naming), 11.2M params"
 )
-def resnet18(num_classes: int = 10, mean: Stats = None, std: Stats = None) -> ResNet:
+def resnet18(
+    num_classes: int = 10, mean: Stats = None, std: Stats = None, stats_keys: Sequence[str] | None = None
+) -> ResNet:
     """ResNet-18 with a CIFAR stem (BasicBlocks 2-2-2-2)."""
-    return ResNet(BasicBlock, [2, 2, 2, 2], check_num_classes(num_classes), mean, std)
+    return ResNet(BasicBlock, [2, 2, 2, 2], check_num_classes(num_classes), mean, std, stats_keys)
 
 
 @register_arch(
     "resnet34", description="ResNet-34, CIFAR stem (kuangliu / RobustBench naming), 21.3M params"
 )
-def resnet34(num_classes: int = 10, mean: Stats = None, std: Stats = None) -> ResNet:
+def resnet34(
+    num_classes: int = 10, mean: Stats = None, std: Stats = None, stats_keys: Sequence[str] | None = None
+) -> ResNet:
     """ResNet-34 with a CIFAR stem (BasicBlocks 3-4-6-3)."""
-    return ResNet(BasicBlock, [3, 4, 6, 3], check_num_classes(num_classes), mean, std)
+    return ResNet(BasicBlock, [3, 4, 6, 3], check_num_classes(num_classes), mean, std, stats_keys)
 
 
 @register_arch(
     "resnet50", description="ResNet-50, CIFAR stem (kuangliu / RobustBench naming), 23.5M params"
 )
-def resnet50(num_classes: int = 10, mean: Stats = None, std: Stats = None) -> ResNet:
+def resnet50(
+    num_classes: int = 10, mean: Stats = None, std: Stats = None, stats_keys: Sequence[str] | None = None
+) -> ResNet:
     """ResNet-50 with a CIFAR stem (Bottlenecks 3-4-6-3)."""
-    return ResNet(Bottleneck, [3, 4, 6, 3], check_num_classes(num_classes), mean, std)
+    return ResNet(Bottleneck, [3, 4, 6, 3], check_num_classes(num_classes), mean, std, stats_keys)

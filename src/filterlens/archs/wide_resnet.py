@@ -7,7 +7,7 @@
 - ``DMWideResNet``: DeepMind's coding (RobustBench ``dm_wide_resnet.py``), names
   ``dm-wrn-D-W``. Keys: ``mean``, ``std``, ``init_conv``,
   ``layer.0.block.0.{batchnorm_0,conv_0,batchnorm_1,conv_1,shortcut}``, ``batchnorm``,
-  ``logits``. Its ``mean``/``std`` are persistent buffers, as in the original.
+  ``logits``. Its ``mean``/``std`` are non-persistent buffers, as in RobustBench.
 
 Depth D must satisfy (D - 4) % 6 == 0: (D - 4) / 6 blocks per stage, 3 stages.
 """
@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import ArchitectureError
-from ._common import Stats, check_num_classes, conv1x1, conv3x3, make_normalization
+from ._common import NormalizedInput, Stats, check_num_classes, conv1x1, conv3x3
 from .registry import ArchInfo, register_arch, register_pattern
 
 __all__ = [
@@ -103,8 +103,14 @@ class NetworkBlock(nn.Module):
         return self.layer(x)
 
 
-class WideResNet(nn.Module):
-    """WideResNet-D-W in the TRADES / RobustBench coding."""
+class WideResNet(NormalizedInput):
+    """WideResNet-D-W in the TRADES / RobustBench coding.
+
+    ``stats_keys=("mu", "sigma")`` stores the input statistics as RobustBench's subclasses
+    do (Rice2020Overfitting, Chen2020Efficient, ...); ``per_image=True`` is Ding2020MMA's
+    per-image standardisation; ``hypersphere=True`` l2-normalises the pooled features and
+    the rows of ``fc.weight`` before the classifier (Pang2020Boosting's ``BoostingWideResNet``).
+    """
 
     def __init__(
         self,
@@ -116,11 +122,15 @@ class WideResNet(nn.Module):
         bias_last: bool = True,
         mean: Stats = None,
         std: Stats = None,
+        stats_keys: Sequence[str] | None = None,
+        per_image: bool = False,
+        hypersphere: bool = False,
     ) -> None:
         super().__init__()
         n = _blocks_per_stage(depth, widen_factor)
+        self.hypersphere = hypersphere
         channels = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
-        self.normalize = make_normalization(mean, std, 3)
+        self.setup_input(mean, std, 3, stats_keys, per_image)
         self.conv1 = conv3x3(3, channels[0])
         self.block1 = NetworkBlock(n, channels[0], channels[1], 1, drop_rate)
         if sub_block1:
@@ -144,15 +154,15 @@ class WideResNet(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.normalize is not None:
-            x = self.normalize(x)
-        out = self.conv1(x)
+        out = self.conv1(self.normalize_input(x))
         out = self.block1(out)
         out = self.block2(out)
         out = self.block3(out)
         out = self.relu(self.bn1(out))
         out = F.avg_pool2d(out, 8)
         out = torch.flatten(out, 1)
+        if self.hypersphere:
+            return F.linear(F.normalize(out, p=2, dim=1), F.normalize(self.fc.weight, p=2, dim=1), self.fc.bias)
         return self.fc(out)
 
 
@@ -165,6 +175,9 @@ def wide_resnet(
     bias_last: bool = True,
     mean: Stats = None,
     std: Stats = None,
+    stats_keys: Sequence[str] | None = None,
+    per_image: bool = False,
+    hypersphere: bool = False,
 ) -> WideResNet:
     """WideResNet-``depth``-``widen_factor`` with RobustBench's key names."""
     return WideResNet(
@@ -176,6 +189,9 @@ def wide_resnet(
         bias_last=bias_last,
         mean=mean,
         std=std,
+        stats_keys=stats_keys,
+        per_image=per_image,
+        hypersphere=hypersphere,
     )
 
 
@@ -271,7 +287,7 @@ _ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "swish": nn.SiLU, "
 
 
 class DMWideResNet(nn.Module):
-    """WideResNet in DeepMind's coding; normalises its input with persistent ``mean``/``std``."""
+    """WideResNet in DeepMind's coding; normalises its input with non-persistent ``mean``/``std``."""
 
     def __init__(
         self,
@@ -299,8 +315,9 @@ class DMWideResNet(nn.Module):
             raise ArchitectureError("std must not contain zeros")
         mean_t = torch.tensor(mean_v, dtype=torch.float32)
         std_t = torch.tensor(std_v, dtype=torch.float32)
-        self.register_buffer("mean", mean_t.view(num_input_channels, 1, 1))
-        self.register_buffer("std", std_t.view(num_input_channels, 1, 1))
+        # Non-persistent, as in RobustBench: the statistics are not checkpoint keys.
+        self.register_buffer("mean", mean_t.view(num_input_channels, 1, 1), persistent=False)
+        self.register_buffer("std", std_t.view(num_input_channels, 1, 1), persistent=False)
         self.padding = padding
         channels = [16, 16 * width, 32 * width, 64 * width]
         self.init_conv = conv3x3(num_input_channels, channels[0])
