@@ -5,6 +5,8 @@ Runs offline: everything it reads ships inside the package.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 from pathlib import Path
 from typing import Callable
@@ -32,6 +34,54 @@ def card_metadata(card: dict) -> dict:
         "robust_acc": (results.get("pgd") or {}).get("accuracy"),
         "tags": f"zoo,{method},seed={card.get('seed')}",
     }
+
+
+#: What a demo writes into its folder, and the record of what it wrote (so a rerun may replace it).
+OUTPUTS = (DB_NAME, "report.html", "comparison.json", "layers.csv", "first_layer.csv")
+RECORD = ".filterlens-demo.json"
+
+
+def _fingerprint(path: Path) -> str | None:
+    """sha256 of a file, or of a database's marker and manifest (its identity and state)."""
+    if path.is_dir():
+        parts = [path / "filterlens-db.json", path / "manifest.json"]
+        if not all(p.is_file() for p in parts):
+            return None
+    elif path.is_file():
+        parts = [path]
+    else:
+        return None
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    """Refuse a folder holding any demo output name that a previous demo did not write as is:
+    a user's own ``filters.db`` or ``layers.csv`` there is never deleted or overwritten."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FilterlensError(f"--out {out_dir}: exists and is not a folder")
+    try:
+        record = json.loads((out_dir / RECORD).read_text())
+        record = record if isinstance(record, dict) else {}
+    except (OSError, ValueError):
+        record = {}
+    for name in OUTPUTS:
+        path = out_dir / name
+        if not (path.exists() or path.is_symlink()):
+            continue
+        if name == DB_NAME and not (path / "filterlens-db.json").exists():
+            raise FilterlensError(f"{path} exists and is not a filterlens database; choose another --out")
+        if path.is_symlink() or record.get(name) is None or record.get(name) != _fingerprint(path):
+            raise FilterlensError(f"{path} exists and was not written by a previous 'filterlens demo' (or was "
+                                  "changed since); not touching it: choose another --out")
+
+
+def _write_record(out_dir: Path) -> None:
+    """Fingerprint the demo outputs now in ``out_dir`` (all written, or checked, by this run)."""
+    names = [n for n in OUTPUTS if (out_dir / n).exists()]
+    (out_dir / RECORD).write_text(json.dumps({n: _fingerprint(out_dir / n) for n in names}, indent=1) + "\n")
 
 
 def _fresh_dir(path: Path) -> None:
@@ -114,8 +164,10 @@ def run_demo(out_dir: Path, n_boot: int = 2000, on_model: Callable[[str], None] 
     from .report.html import write_html
 
     out_dir = Path(out_dir)
+    _check_out_dir(out_dir)  # before anything is deleted or written
     out_dir.mkdir(parents=True, exist_ok=True)
     db = build_zoo_db(out_dir / DB_NAME, on_model)
+    _write_record(out_dir)  # a rerun after a failure below may replace what this run wrote
     models, layers = db.models(), db.layers()
     chunks = chunks_from(db)
     result = compare(models, layers, chunks, n_boot=n_boot)
@@ -134,5 +186,6 @@ def run_demo(out_dir: Path, n_boot: int = 2000, on_model: Callable[[str], None] 
     layers.to_csv(out_dir / "layers.csv", index=False)
     if fl_result is not None:
         fl_result.per_model.to_csv(out_dir / "first_layer.csv", index=False)
+    _write_record(out_dir)
     return {"db": out_dir / DB_NAME, "report": report, "comparison": comparison, "result": result,
             "first_layer": fl_result}

@@ -87,7 +87,20 @@ def measure_model(
     metrics = measure_weights([layer.weight for layer in layers], threshold, inclusive)
     rows = [layer_record(mf, layer, m) for layer, m in zip(layers, metrics)]
     df = pd.DataFrame(rows, columns=LAYER_COLUMNS)
+    check_measurable(mf, df)
     return df.astype({"conv_depth": "Int64", "depth": "Int64", "kernel_size": "Int64"})
+
+
+def check_measurable(mf: ModelFilters, df: pd.DataFrame) -> None:
+    """The rule ``metrics`` and ``extract`` share: a model whose every selected layer has NaN,
+    Inf or complex weights is refused (:class:`NoLayersError`), not stored or shown as NaN."""
+    if df.empty:
+        return
+    notes = df["notes"].fillna("")
+    non_finite = notes.str.contains("non-finite")
+    if (non_finite | notes.str.contains("complex weights")).all():
+        what = "NaN or Inf" if non_finite.all() else "NaN, Inf or complex"
+        raise NoLayersError(f"{mf.source}: nothing could be measured: every layer has {what} weights")
 
 
 def describe_kernels(mf: ModelFilters) -> str:

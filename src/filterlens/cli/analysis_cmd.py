@@ -27,7 +27,10 @@ def group_spec(db, by: Optional[str], groups: Optional[List[str]]):
         names = []
         for cond in groups:
             try:
-                rows = db.query(f"SELECT model FROM models WHERE {cond}")
+                rows = db.where("models", cond, what="--groups")  # one SQL expression, read-only
+            except FilterlensError as exc:
+                msg = str(exc)
+                raise FilterlensError(msg if msg.startswith("--groups") else f"--groups {cond!r}: {msg}") from None
             except Exception as exc:  # DuckDB parser / binder errors are the user's SQL
                 raise FilterlensError(f"--groups {cond!r}: {str(exc).splitlines()[0]}") from None
             names.append(list(rows["model"]))
@@ -46,6 +49,29 @@ def group_spec(db, by: Optional[str], groups: Optional[List[str]]):
                      name_a=values[0], name_b=values[1])
 
 
+def _check_pairs(pairs):
+    """``--pairs``: ``auto``, or a readable CSV file (missing, empty, a folder or not text: one line)."""
+    import pandas as pd
+
+    if pairs is None or str(pairs).strip().lower() == "auto":
+        return pairs
+    path = Path(pairs)
+    if not path.exists():
+        raise FilterlensError(f"--pairs {pairs}: no such file")
+    if not path.is_file():
+        raise FilterlensError(f"--pairs {pairs}: not a file (a CSV with columns robust,normal)")
+    try:
+        frame = pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        raise FilterlensError(f"--pairs {pairs}: the file is empty (expected a CSV with columns robust,normal)") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as exc:
+        msg = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise FilterlensError(f"--pairs {pairs}: not a readable CSV ({msg})") from None
+    if frame.empty:
+        raise FilterlensError(f"--pairs {pairs}: no pairs in the file")
+    return pairs  # the path: the comparison records where its pairs came from
+
+
 def run_compare(db_path: Path, by, groups, pairs, n_boot: int, seed: int, shift: bool = True,
                 shift_procedure: str = "paper", count_shared: str = "per_pair"):
     from ..analysis.compare import chunks_from, compare
@@ -56,6 +82,7 @@ def run_compare(db_path: Path, by, groups, pairs, n_boot: int, seed: int, shift:
     if models.empty:
         raise FilterlensError(f"{db_path}: the database holds no models; add some with 'filterlens extract'")
     spec = group_spec(db, by, groups)
+    pairs = _check_pairs(pairs)
     chunks = chunks_from(db)
     result = compare(models, layers, chunks, groups=spec, pairs=pairs, n_boot=n_boot, seed=seed, shift=shift,
                      shift_procedure=shift_procedure, count_shared=count_shared)

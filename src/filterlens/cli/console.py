@@ -2,26 +2,32 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Iterable, Iterator, TypeVar
 
-import pandas as pd
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from ..errors import FilterlensError
 
-out = Console(soft_wrap=True)
+if TYPE_CHECKING:  # pandas is imported where a table is written: `--help` needs none of it
+    import pandas as pd
+
+# markup=False: what is printed is user or data text (file and model names like 'net[v2]',
+# 'x[/].pt', "pip install 'filterlens[attack]'"), never rich markup; styles are added as Text.
+out = Console(soft_wrap=True, markup=False)
 # Piped output is read by people too: don't squeeze tables into 80 columns.
 if not out.is_terminal:
-    out = Console(soft_wrap=True, width=220)
-err = Console(stderr=True, soft_wrap=True)
+    out = Console(soft_wrap=True, width=220, markup=False)
+err = Console(stderr=True, soft_wrap=True, markup=False)
 
 T = TypeVar("T")
 
@@ -29,11 +35,11 @@ FORMATS = ("table", "csv", "json", "parquet")
 
 
 def warn(message: str) -> None:
-    err.print(f"[yellow]warning:[/] {message}", highlight=False, markup=True)
+    err.print(Text.assemble(("warning:", "yellow"), " ", str(message)), highlight=False)
 
 
 def error(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    err.print(Text.assemble(("error:", "bold red"), " ", str(message)), highlight=False)
 
 
 def progress(items: Iterable[T], total: int, label: str, enabled: bool = True) -> Iterator[T]:
@@ -41,7 +47,7 @@ def progress(items: Iterable[T], total: int, label: str, enabled: bool = True) -
     if not enabled:
         yield from items
         return
-    columns = (TextColumn("[progress.description]{task.description}"), BarColumn(),
+    columns = (TextColumn("{task.description}", style="progress.description", markup=False), BarColumn(),
                MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=err, transient=True) as bar:
         task = bar.add_task(label, total=total)
@@ -54,9 +60,14 @@ def progress(items: Iterable[T], total: int, label: str, enabled: bool = True) -
 def atomic_path(path: Path) -> Iterator[Path]:
     """A temporary path beside ``path`` that replaces it only if the block succeeds."""
     path = Path(path)
+    if path.is_dir():
+        raise FilterlensError(f"{path}: is a directory; give a file name to write")
     if path.parent and not path.parent.exists():
         raise FilterlensError(f"{path}: the folder {path.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    except OSError as exc:  # a read-only or full disk, a folder we may not write to
+        raise FilterlensError(f"{path}: cannot write ({exc.strerror or exc})") from None
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
@@ -64,6 +75,11 @@ def atomic_path(path: Path) -> Iterator[Path]:
     try:
         yield Path(tmp)
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if exc.errno in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EISDIR):
+            raise FilterlensError(f"{path}: cannot write ({exc.strerror or exc})") from None
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -90,7 +106,7 @@ def emit(df: pd.DataFrame, fmt: str, out_file: Path | None, table_columns: list[
                 df.to_csv(tmp, index=False)
             else:
                 with open(tmp, "w") as f:
-                    Console(file=f, width=200).print(rich_table(df, table_columns, title, short_headers))
+                    Console(file=f, width=200, markup=False).print(rich_table(df, table_columns, title, short_headers))
         return
     if fmt == "json":
         sys.stdout.write(_records_json(df) + "\n")
@@ -105,6 +121,8 @@ SHORT_HEADERS = {"kernel_size": "k", "in_channels": "in", "out_channels": "out",
 
 
 def _cell(value) -> str:
+    import pandas as pd
+
     if value is None or (isinstance(value, float) and value != value) or value is pd.NA:
         return "—"
     if isinstance(value, float):
@@ -115,14 +133,16 @@ def _cell(value) -> str:
 def rich_table(df: pd.DataFrame, columns: list[str] | None = None, title: str | None = None,
                short_headers: bool = False) -> Table:
     """A rich table of ``columns`` of ``df`` (``short_headers``: abbreviate the metric names)."""
+    import pandas as pd
+
     columns = [c for c in (columns or list(df.columns)) if c in df.columns]
-    table = Table(title=title, header_style="bold", show_lines=False)
+    table = Table(title=None if title is None else Text(str(title)), header_style="bold", show_lines=False)
     for c in columns:
         numeric = pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])
         header = SHORT_HEADERS.get(c, c) if short_headers else c
-        table.add_column(header, justify="right" if numeric else "left")
+        table.add_column(Text(str(header)), justify="right" if numeric else "left")
     for row in df[columns].itertuples(index=False):
-        table.add_row(*(_cell(v) for v in row))
+        table.add_row(*(Text(_cell(v)) for v in row))  # Text: data is never read as markup
     return table
 
 

@@ -38,6 +38,30 @@ def _open(path: Path):
     return FilterDB.open(path)
 
 
+def _open_or_create(path: Path):
+    """``(db, fresh)``: ``fresh`` says whether this command created it (``"new"``, or
+    ``"emptydir"`` when it was made in an existing empty folder), else None."""
+    from ..db import FilterDB
+    from ..db.schema import MARKER
+
+    path = Path(path).expanduser()
+    fresh = None if (path / MARKER).exists() else ("emptydir" if path.is_dir() else "new")
+    return FilterDB.open_or_create(path), fresh
+
+
+def _discard_if_unused(db, fresh) -> None:
+    """Remove a database this command created and left empty (every source failed): a failed
+    command leaves nothing behind, and an empty folder it was given stays an empty folder."""
+    import shutil
+
+    if fresh is None or len(db) or db.attrs():
+        return
+    db.close()
+    shutil.rmtree(db.path, ignore_errors=True)
+    if fresh == "emptydir":
+        db.path.mkdir(exist_ok=True)
+
+
 def extract(
     sources: List[str] = typer.Argument(..., help="Model sources: checkpoint, safetensors or ONNX files, "
                                         "robustbench:NAME.", show_default=False),
@@ -68,7 +92,7 @@ def extract(
                                    "eps": eps, "tags": tags}.items() if v is not None}
     normalize_metadata(overrides)  # reject bad values before any work
     table = MetaTable.read_csv(meta_file) if meta_file is not None else None
-    db = FilterDB.open_or_create(db_path)
+    db, fresh = _open_or_create(db_path)
     counts = {"added": 0, "skipped": 0, "failed": 0}
     results = extract_sources(
         db, progress(sources, len(sources), "extracting", enabled=len(sources) > 1), arch=arch, name=name,
@@ -82,6 +106,7 @@ def extract(
             warn(r.message)
         else:
             error(r.message)
+    _discard_if_unused(db, fresh)
     if table is not None and table.unused_lines():
         lines = table.unused_lines()
         warn(f"{meta_file}: {len(lines)} row(s) matched no source (line {', '.join(map(str, lines[:10]))}"
@@ -127,7 +152,7 @@ def models(
 ) -> None:
     """List the models of a filter database."""
     db = _open(db_path)
-    df = db.query(f"SELECT * FROM models WHERE {where} ORDER BY model_id") if where else db.models()
+    df = db.where("models", where, "model_id") if where is not None else db.models()
     emit(_iso_times(df), fmt, out_file, MODEL_COLUMNS)
 
 
@@ -141,8 +166,8 @@ def layers(
 ) -> None:
     """List the layers of a filter database with their metrics."""
     db = _open(db_path)
-    if where:
-        df = db.query(f"SELECT * FROM layers_full WHERE {where} ORDER BY layer_id")
+    if where is not None:
+        df = db.where("layers_full", where, "layer_id")
         if model:
             df = df[df["model"].isin(model)].reset_index(drop=True)
     else:
@@ -201,10 +226,14 @@ def import_h5_cmd(
     measure: bool = typer.Option(True, "--measure/--no-measure", help="Compute per-layer metrics."),
 ) -> None:
     """Import an HDF5 filter data set (CNN-Filter-DB layout) into a filter database."""
-    from ..db import FilterDB, import_h5
+    from ..db import import_h5
 
-    db = FilterDB.open_or_create(db_path)
-    result = import_h5(file, db, measure=measure)
+    db, fresh = _open_or_create(db_path)
+    try:
+        result = import_h5(file, db, measure=measure)
+    except BaseException:
+        _discard_if_unused(db, fresh)  # a bad file leaves no empty database behind
+        raise
     for name, why in result.skipped:
         warn(why)
     out.print(f"imported {len(result.added)} model(s), {result.n_filters} filters"

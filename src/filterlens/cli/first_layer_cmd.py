@@ -48,6 +48,8 @@ def first_layer(
 
     if fmt not in ("table", "csv", "json"):
         raise FilterlensError(f"unknown format {fmt!r}; choose table, csv or json")
+    if out_dir is not None and out_dir.exists() and not out_dir.is_dir():  # checked before the slow study
+        raise FilterlensError(f"--out {out_dir}: is a file, not a folder; give a folder for the results")
     settings = FirstLayerSettings(steps=steps, restarts=restarts, n_banks=n_banks, seed=seed)
     result = run_study(models, dataset=dataset, eps=eps, n_images=n, arch=arch, trainings=training,
                        transfer_from=transfer_from, data_dir=data_dir, settings=settings, threads=threads,

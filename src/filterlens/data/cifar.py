@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import pickle
 import tarfile
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 
+from .. import safe_pickle
 from .base import ArrayDataset, DataError, DataNotFoundError, md5sum
 
 
@@ -20,21 +20,43 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
+_MAX_MEMBER_BYTES = 512 << 20
 _TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
 _TEST_BATCHES = ["test_batch"]
 _IMAGE_FOLDER_NAMES = ("cifar10-jpeg.tar.gz", "cifar10-jpeg", "cifar10.tar.gz", "cifar10", "CIFAR10", "cifar-10")
 
 
-def _batches_to_arrays(blobs: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
+def _unpickle(blob: bytes, what: str) -> dict:
+    """One member of the archive: the official format is a pickle of a dict, read as plain data
+    only (:mod:`filterlens.safe_pickle`): a crafted batch cannot run code."""
+    try:
+        d = safe_pickle.loads(blob, encoding="bytes")
+    except safe_pickle.UnsafePickleError as exc:
+        raise DataError(f"{what}: refused to read it: {exc}") from None
+    except MemoryError:
+        raise DataError(f"{what}: asks for more memory than is available") from None
+    except Exception as exc:  # pickle raises assorted errors on damaged data
+        raise DataError(f"{what}: not a CIFAR-10 batch ({type(exc).__name__}: {str(exc)[:200]})") from None
+    if not isinstance(d, dict):
+        raise DataError(f"{what}: not a CIFAR-10 batch (a pickled {type(d).__name__}, expected a dict)")
+    return d
+
+
+def _batches_to_arrays(blobs: list[bytes], names: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
     xs, ys = [], []
-    for blob in blobs:
-        d = pickle.loads(blob, encoding="bytes")  # the official format is a pickle of a dict
+    for blob, name in zip(blobs, names or ["a CIFAR-10 batch"] * len(blobs)):
+        d = _unpickle(blob, name)
         data = d.get(b"data", d.get("data"))
         labels = d.get(b"labels", d.get("labels"))
         if data is None or labels is None:
-            raise DataError("a CIFAR-10 batch lacks 'data' or 'labels'")
-        xs.append(np.asarray(data, dtype=np.uint8).reshape(-1, 3, 32, 32))
-        ys.append(np.asarray(labels, dtype=np.int64))
+            raise DataError(f"{name}: a CIFAR-10 batch lacks 'data' or 'labels'")
+        try:
+            xs.append(np.asarray(data, dtype=np.uint8).reshape(-1, 3, 32, 32))
+            ys.append(np.asarray(labels, dtype=np.int64).reshape(-1))
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"{name}: not a CIFAR-10 batch ({exc})") from None
+        if len(xs[-1]) != len(ys[-1]):
+            raise DataError(f"{name}: {len(xs[-1])} images but {len(ys[-1])} labels")
     return np.ascontiguousarray(np.concatenate(xs).transpose(0, 2, 3, 1)), np.concatenate(ys)
 
 
@@ -53,6 +75,9 @@ def read_cifar10_python(path: Path) -> dict[str, ArrayDataset]:
                 for member in tar:
                     base = member.name.rsplit("/", 1)[-1]
                     if member.isfile() and base in wanted:
+                        if member.size > _MAX_MEMBER_BYTES:  # a batch is 30 MB; don't fill the memory
+                            raise DataError(f"{path}: {member.name} holds {member.size:,} bytes, not a "
+                                            "CIFAR-10 batch")
                         fh = tar.extractfile(member)
                         assert fh is not None
                         blobs[base] = fh.read()
@@ -63,13 +88,13 @@ def read_cifar10_python(path: Path) -> dict[str, ArrayDataset]:
         raise DataError(f"{path} is not a complete CIFAR-10 python archive (missing {', '.join(missing)})")
     classes = CIFAR10_CLASSES
     if "batches.meta" in blobs:
-        meta = pickle.loads(blobs["batches.meta"], encoding="bytes")
+        meta = _unpickle(blobs["batches.meta"], f"{path}: batches.meta")
         names = meta.get(b"label_names", meta.get("label_names"))
-        if names:
-            classes = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
+        if isinstance(names, (list, tuple)) and names:
+            classes = tuple(n.decode(errors="replace") if isinstance(n, bytes) else str(n) for n in names)
     out = {}
     for split, names in (("train", _TRAIN_BATCHES), ("test", _TEST_BATCHES)):
-        x, y = _batches_to_arrays([blobs[n] for n in names])
+        x, y = _batches_to_arrays([blobs[n] for n in names], [f"{path}: {n}" for n in names])
         out[split] = ArrayDataset(x, y, classes, "cifar10", split, source=str(path))
     return out
 

@@ -13,6 +13,28 @@ from typing import Any, Callable
 from .errors import DatabaseError
 
 
+def inside(root: Path, rel: Any, subdir: str, resolve: bool = True) -> Path:
+    """``root / rel`` after checking that ``rel``, read from a database, is a plain file name
+    under ``subdir`` that resolves inside ``root`` (no ``..``, no absolute path, no symlink out).
+    Raises :class:`DatabaseError` otherwise: the database is damaged or hostile."""
+    if not isinstance(rel, str) or not rel.startswith(f"{subdir}/"):
+        raise DatabaseError(f"{root}: corrupt filter database: {rel!r} is not a path under {subdir}/")
+    name = rel[len(subdir) + 1:]
+    if not name or "/" in name or "\\" in name or name in (".", "..") or "\0" in name:
+        raise DatabaseError(f"{root}: corrupt filter database: {rel!r} is not a path under {subdir}/")
+    path = root / subdir / name
+    if not resolve:  # the name alone is checked (cheap); callers resolve once per snapshot
+        return path
+    base = (root / subdir).resolve()
+    try:
+        resolved = path.resolve()
+    except (OSError, RuntimeError):
+        resolved = None
+    if resolved is None or resolved.parent != base:
+        raise DatabaseError(f"{root}: corrupt filter database: {rel!r} points outside the database")
+    return path
+
+
 def fsync_file(path: Path) -> None:
     """Flush ``path``'s data to disk."""
     fd = os.open(path, os.O_RDONLY)

@@ -8,6 +8,7 @@ column, which pyarrow decodes as one contiguous buffer: a row group becomes an
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -16,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .errors import DatabaseError
 from .schema import ROW_GROUP_BYTES, filters_schema
 
 
@@ -95,6 +97,23 @@ def write_filters_file(
                 pending_rows += n - start
         flush()
     return offsets
+
+
+class DamagedFileError(DatabaseError):
+    """A filters file that cannot be read as written (truncated, overwritten, bit rot)."""
+
+
+@contextmanager
+def _damaged(path: Path) -> Iterator[None]:
+    """Turn what pyarrow, the Thrift reader and numpy raise on a damaged file into one line.
+    A missing file passes through (the store says whose filters are gone)."""
+    try:
+        yield
+    except (FileNotFoundError, DatabaseError):
+        raise
+    except (pa.ArrowException, OSError, ValueError, IndexError, TypeError, KeyError, MemoryError) as exc:
+        msg = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise DamagedFileError(f"{path}: damaged filters file ({msg}); run 'filterlens db check'") from None
 
 
 #: Read the ``w`` column chunks of our own files straight into numpy (see :class:`FiltersReader`).
@@ -190,6 +209,10 @@ class FiltersReader:
     """
 
     def __init__(self, path: Path, kernel: tuple[int, int], dtype: np.dtype | str):
+        with _damaged(path):
+            self._open(path, kernel, dtype)
+
+    def _open(self, path: Path, kernel: tuple[int, int], dtype: np.dtype | str) -> None:
         self.path = path
         self.kh, self.kw = kernel
         self.dtype = storage_dtype(dtype)
@@ -228,6 +251,10 @@ class FiltersReader:
         """Row group ``i`` as an ``(n, kh, kw)`` array (the last one read is kept)."""
         if self._cache is not None and self._cache[0] == i:
             return self._cache[1]
+        with _damaged(self.path):
+            return self._group(i)
+
+    def _group(self, i: int) -> np.ndarray:
         n = int(self.group_starts[i + 1] - self.group_starts[i])
         if self._raw[i] is not None:
             out = np.empty((n, self.kh, self.kw), dtype=self.dtype)
@@ -255,7 +282,8 @@ class FiltersReader:
     def pieces(self, start: int, stop: int) -> Iterator[np.ndarray]:
         """Rows ``[start, stop)`` as consecutive views, one per row group they touch."""
         if not 0 <= start <= stop <= self.num_rows:
-            raise ValueError(f"{self.path}: rows {start}:{stop} outside 0:{self.num_rows}")
+            raise DamagedFileError(f"{self.path}: damaged filters file: rows {start}:{stop} asked for, it holds "
+                                   f"0:{self.num_rows} (run 'filterlens db check')")
         g = int(np.searchsorted(self.group_starts, start, side="right")) - 1
         while start < stop:
             g0 = int(self.group_starts[g])

@@ -27,6 +27,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from ..errors import FilterlensError
 from ..types import ConvLayer, ModelFilters
 from .errors import DatabaseError, DuplicateModelError
 from .filestore import FiltersReader
@@ -108,21 +109,62 @@ def _robust_to_training(v: Any) -> str:
     return "unknown"
 
 
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+
+
+def _require_h5() -> None:
+    """h5py and PyTables are optional (the ``hdf5`` extra): say how to get them."""
+    import importlib.util
+
+    missing = [m for m in ("h5py", "tables") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise DatabaseError(f"HDF5 import/export needs {' and '.join(missing)}: "
+                            "pip install 'filterlens[hdf5]'")
+
+
 def _read_meta(path: Path) -> tuple[pd.DataFrame, str]:
+    from ..safe_pickle import UnsafePickleError, pytables_guard
+
+    with open(path, "rb") as f:  # PyTables' own error for a foreign file is a multi-line dump
+        if f.read(8) != b"\x89HDF\r\n\x1a\n" and not _hdf5_signature_later(path):
+            raise DatabaseError(f"{path}: not an HDF5 file")
     try:
-        with pd.HDFStore(path, mode="r") as store:
+        # the meta table's object columns and node attributes are pickles: plain data only
+        with pytables_guard(), pd.HDFStore(path, mode="r") as store:
             if "/meta" not in store.keys():
                 raise DatabaseError(f"{path}: no 'meta' table (expected the CNN-Filter-DB layout)")
             fmt = "table" if store.get_storer("meta").is_table else "fixed"
             meta = store["meta"]
-    except (OSError, ValueError) as exc:
-        raise DatabaseError(f"{path}: not a readable HDF5 filter file ({exc})") from None
+    except DatabaseError:
+        raise
+    except UnsafePickleError as exc:
+        raise DatabaseError(f"{path}: refused to read the meta table: {exc}") from None
+    except MemoryError:
+        raise DatabaseError(f"{path}: the meta table asks for more memory than is available") from None
+    except Exception as exc:  # PyTables/pandas raise assorted errors on damaged files
+        msg = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise DatabaseError(f"{path}: not a readable HDF5 filter file ({msg})") from None
+    if not isinstance(meta, pd.DataFrame):
+        raise DatabaseError(f"{path}: 'meta' is a {type(meta).__name__}, not a table")
     names = list(meta.index.names)
     if names != INDEX:
         raise DatabaseError(f"{path}: the meta table is indexed by {names}, expected {INDEX}")
     if "filter_ids" not in meta.columns:
         raise DatabaseError(f"{path}: the meta table has no 'filter_ids' column")
     return meta, fmt
+
+
+def _hdf5_signature_later(path: Path) -> bool:
+    """HDF5 allows a user block: the signature may sit at 512, 1024, 2048, ... bytes."""
+    size, at = path.stat().st_size, 512
+    with open(path, "rb") as f:
+        while at + 8 <= size:
+            f.seek(at)
+            if f.read(8) == b"\x89HDF\r\n\x1a\n":
+                return True
+            at *= 2
+    return False
 
 
 def import_h5(
@@ -140,11 +182,12 @@ def import_h5(
     unless ``measure`` is False. Models already in the database (same weights or name) are
     skipped and listed in the result. ``on_model(name, status)`` reports progress.
     """
+    _require_h5()
     import h5py
 
     path = Path(file)
-    if not path.exists():
-        raise DatabaseError(f"{path}: no such file")
+    if not path.is_file():
+        raise DatabaseError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
     meta, fmt = _read_meta(path)
     result = ImportResult()
     try:
@@ -169,6 +212,7 @@ def import_h5(
         }
         flat = meta.reset_index()
         flat["_pos"] = np.arange(len(flat))
+        check_filter_ranges(flat, int(ds.shape[0]), path)  # all of them, before anything is committed
         names_seen: set[str] = set()
         for mid, grp in flat.groupby("model_id", sort=False):
             first = grp.iloc[0]
@@ -204,12 +248,45 @@ def import_h5(
                 if on_model:
                     on_model(name, "skipped")
                 continue
+            except (FilterlensError, OSError) as exc:  # e.g. a full or read-only disk
+                raise DatabaseError(_partial_message(path, name, exc, result)) from None
             result.added.append(name)
             result.n_filters += sum(l.n_filters for l in layers)
             if on_model:
                 on_model(name, "added")
-    db.set_attr(LAYOUT_ATTR, layout)
+    try:
+        db.set_attr(LAYOUT_ATTR, layout)
+    except (FilterlensError, OSError) as exc:
+        raise DatabaseError(_partial_message(path, "the file layout", exc, result)) from None
     return result
+
+
+def _partial_message(path: Path, what: str, exc: BaseException, result: ImportResult) -> str:
+    """Says exactly what an interrupted import committed (each model is committed on its own)."""
+    why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    done = (f"; {len(result.added)} model(s) were imported before it and are kept: {', '.join(result.added)}"
+            if result.added else "; nothing was imported")
+    return f"{path}: could not store {what} ({why}){done}"
+
+
+def check_filter_ranges(flat: pd.DataFrame, n_filters: int, path: Path | str = "") -> None:
+    """Every row's ``filter_ids`` parses, lies inside the ``n_filters`` filters and overlaps no
+    other row's; raises :class:`DatabaseError` naming the offending rows."""
+    spans = []
+    for mid, lid, text in zip(flat["model_id"], flat["layer_id"], flat["filter_ids"]):
+        where = f"model_id {_plain(mid)}, layer_id {_plain(lid)}"
+        try:
+            start, stop = parse_filter_ids(text)
+        except DatabaseError as exc:
+            raise DatabaseError(f"{path}: {where}: {exc}; nothing was imported") from None
+        if stop > n_filters:
+            raise DatabaseError(f"{path}: {where}: filter_ids {text} beyond the {n_filters} filters; "
+                                "nothing was imported")
+        spans.append((start, stop, where, text))
+    spans.sort(key=lambda t: t[:2])
+    for (a0, a1, wa, ta), (b0, b1, wb, tb) in zip(spans, spans[1:]):
+        if b0 < a1:
+            raise DatabaseError(f"{path}: filter_ids overlap: {wa} ({ta}) and {wb} ({tb}); nothing was imported")
 
 
 def _layer_from_row(row: pd.Series, filters: np.ndarray, depth_per_layer: bool, taken: set[str]) -> ConvLayer:
@@ -291,9 +368,14 @@ def export_h5(
     converted to float32 (say so in the result). Writes to a temporary file, then renames.
     Returns counts.
     """
+    _require_h5()
     import h5py
 
     path = Path(file)
+    if path.is_dir():
+        raise DatabaseError(f"{path}: is a directory; give the name of the .h5 file to write")
+    if not path.parent.is_dir():
+        raise DatabaseError(f"{path}: the folder {path.parent} does not exist")
     snap = db.snapshot()
     layout = snap.manifest.get("attrs", {}).get(LAYOUT_ATTR) or {}
     kh, kw = (3, 3)
@@ -354,6 +436,8 @@ def export_h5(
                 reader.close()
         meta.to_hdf(tmp, key="meta", mode="a", format=layout.get("format", "table"))
         os.replace(tmp, path)
+    except OSError as exc:  # a full disk, a folder we may not write to
+        raise DatabaseError(f"{path}: cannot write ({exc.strerror or _first_line(exc)})") from None
     finally:
         tmp.unlink(missing_ok=True)
     return {"file": str(path), "n_models": int(sel["model_id"].nunique()), "n_layers": len(sel),

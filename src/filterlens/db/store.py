@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,7 +32,8 @@ import pyarrow.parquet as pq
 from ..metrics import DEFAULT_THRESHOLD, measure_weights
 from ..types import ConvLayer, ModelFilters
 from . import _fs
-from .errors import DatabaseError, DuplicateModelError
+from . import sql as _sql
+from .errors import DatabaseError, DatabaseWriteError, DuplicateModelError
 from .filestore import FiltersReader, storage_dtype, write_filters_file
 from .meta import normalize_metadata
 from .schema import (
@@ -60,7 +62,7 @@ def layer_sha256(weight: np.ndarray) -> str:
     """sha256 of one layer weight: its little-endian dtype, shape and bytes."""
     w = np.ascontiguousarray(weight, dtype=storage_dtype(weight.dtype))
     h = hashlib.sha256(f"{w.dtype.str}{tuple(w.shape)}".encode())
-    h.update(memoryview(w).cast("B"))
+    h.update(memoryview(w).cast("B") if w.size else b"")  # a view of a 0-channel layer cannot be cast
     return h.hexdigest()
 
 
@@ -322,8 +324,12 @@ class FilterDB:
             if any(path.iterdir()):
                 raise DatabaseError(f"{path}: directory is not empty and is not a filter database; "
                                     "refusing to create one there")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        staging = path.parent / f".{path.name}.creating-{uuid.uuid4().hex[:8]}"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DatabaseError(f"{path}: cannot create a filter database ({exc.strerror or exc})") from None
+        _remove_dead_staging(path)
+        staging = path.parent / f".{path.name}.creating-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         try:
             staging.mkdir()
             for d in (TABLES_DIR, FILTERS_DIR, TMP_DIR):
@@ -370,18 +376,27 @@ class FilterDB:
             if cached is not None and cached.manifest == manifest:  # committed files never change
                 return cached
             try:
-                models = pq.read_table(self._path / manifest["models_table"])
-                layers = pq.read_table(self._path / manifest["layers_table"])
+                models = pq.read_table(_fs.inside(self._path, manifest["models_table"], TABLES_DIR))
+                layers = pq.read_table(_fs.inside(self._path, manifest["layers_table"], TABLES_DIR))
             except FileNotFoundError as exc:  # a writer committed twice meanwhile: take the new state
                 last_exc = exc
                 continue
-            except (pa.ArrowInvalid, OSError, KeyError) as exc:
-                raise DatabaseError(f"{self._path}: corrupt filter database: cannot read its tables ({exc})") from None
+            except (pa.ArrowException, OSError, KeyError, ValueError, MemoryError) as exc:
+                msg = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+                raise DatabaseError(f"{self._path}: corrupt filter database: cannot read its tables ({msg})") from None
             for table, schema, what in ((models, MODELS_SCHEMA, "models"), (layers, LAYERS_SCHEMA, "layers")):
                 missing = [f.name for f in schema if f.name not in table.column_names and f.name not in METRIC_COLUMNS]
                 if missing:
                     raise DatabaseError(f"{self._path}: corrupt filter database: the {what} table lacks "
                                         f"{', '.join(missing)}")
+                wrong = [f.name for f in schema if f.name in table.column_names
+                         and not table.schema.field(f.name).type.equals(f.type)]
+                if wrong:
+                    raise DatabaseError(f"{self._path}: corrupt filter database: the {what} table has columns "
+                                        f"of the wrong type ({', '.join(wrong)})")
+            # every path read from a database must stay inside it (a layer naming '../x' is hostile)
+            for f in set(pc.unique(layers.column("file")).to_pylist()) | set(manifest["files"]):
+                _fs.inside(self._path, f, FILTERS_DIR)
             self._snap_cache = Snapshot(manifest, models, layers)
             return self._snap_cache
         raise DatabaseError(f"{self._path}: corrupt filter database: a table named by {MANIFEST} is missing "
@@ -400,6 +415,15 @@ class FilterDB:
         for key in ("generation", "models_table", "layers_table", "files", "next_model_id", "next_layer_id"):
             if key not in manifest:
                 raise DatabaseError(f"{self._path}: corrupt filter database: {MANIFEST} lacks {key!r}")
+        if not isinstance(manifest["files"], list):
+            raise DatabaseError(f"{self._path}: corrupt filter database: {MANIFEST} 'files' is not a list")
+        for key in ("generation", "next_model_id", "next_layer_id"):
+            if not isinstance(manifest[key], int) or isinstance(manifest[key], bool):
+                raise DatabaseError(f"{self._path}: corrupt filter database: {MANIFEST} {key!r} is not a number")
+        _fs.inside(self._path, manifest["models_table"], TABLES_DIR, resolve=False)
+        _fs.inside(self._path, manifest["layers_table"], TABLES_DIR, resolve=False)
+        for f in manifest["files"]:
+            _fs.inside(self._path, f, FILTERS_DIR, resolve=False)
         return manifest
 
     def models(self) -> pd.DataFrame:
@@ -456,7 +480,8 @@ class FilterDB:
             kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
             mask = both(pc.and_(pc.equal(t.column("kernel_h"), kh), pc.equal(t.column("kernel_w"), kw)))
         if where is not None:
-            ids = self._query_snapshot(snap, f"SELECT layer_id FROM layers_full WHERE {where}")["layer_id"]
+            cond = _sql.check_condition(where, "where")
+            ids = self._query_snapshot(snap, f"SELECT layer_id FROM layers_full WHERE {cond}")["layer_id"]
             mask = both(pc.is_in(t.column("layer_id"), pa.array(ids.to_numpy(np.int64))))
         return t if mask is None else t.filter(mask)
 
@@ -515,7 +540,7 @@ class FilterDB:
 
     def _reader(self, file: str, kernel: tuple[int, int], dtype: str, model: str) -> FiltersReader:
         try:
-            return FiltersReader(self._path / file, (int(kernel[0]), int(kernel[1])), dtype)
+            return FiltersReader(_fs.inside(self._path, file, FILTERS_DIR), (int(kernel[0]), int(kernel[1])), dtype)
         except FileNotFoundError:
             raise DatabaseError(f"{self._path}: the filters of {model} are gone ({file}); it was removed "
                                 "while being read, or the database is damaged (run 'filterlens db check')") from None
@@ -557,7 +582,11 @@ class FilterDB:
         """Run SQL (DuckDB) over the views ``models``, ``layers``, ``layers_full`` (layers with
         their model's metadata), ``filters`` (model, layer, layer_id, filter, kernel_h,
         kernel_w, dtype, ``w`` DOUBLE[]) and ``filters_raw`` (layer_id, filter, raw bytes ``w``).
+
+        One read-only statement (``SELECT``); it can read only this database's files, write
+        nothing and load no extension (see :mod:`filterlens.db.sql`).
         """
+        _sql.check_query(sql)
         for _ in range(5):
             snap = self.snapshot()
             try:
@@ -565,6 +594,17 @@ class FilterDB:
             except _StaleSnapshot:  # writers committed twice meanwhile: query the newer state
                 continue
         raise DatabaseError(f"{self._path}: the database kept changing while the query ran; try again")
+
+    def where(self, view: str, condition: str | None, order_by: str | None = None, *,
+              what: str = "--where") -> pd.DataFrame:
+        """Rows of ``view`` (``models``, ``layers``, ``layers_full``) matching ``condition``, one
+        SQL expression (not SQL text: ``1=1; COPY ...`` is refused), e.g. ``"training = 'normal'"``."""
+        if view not in ("models", "layers", "layers_full"):
+            raise ValueError(f"unknown view {view!r}")
+        sql = f"SELECT * FROM {view}"
+        if condition is not None:
+            sql += f" WHERE {_sql.check_condition(condition, what)}"
+        return self.query(sql + (f" ORDER BY {order_by}" if order_by else ""))
 
     def _query_snapshot(self, snap: Snapshot, sql: str, params=None) -> pd.DataFrame:
         import duckdb
@@ -587,14 +627,15 @@ class FilterDB:
     def _connection(self, snap: Snapshot):
         import duckdb
 
-        if self._con is None:
-            self._con = duckdb.connect()
-            self._con.create_function("fl_decode", _decode_udf, [duckdb.sqltype("BLOB"), duckdb.sqltype("VARCHAR")],
-                                      duckdb.sqltype("DOUBLE[]"), type="arrow")
         if self._view_generation != snap.generation:
+            # the configuration of a query connection is locked (see db/sql.py): a new
+            # generation, whose files the old one may not read, needs a new connection
+            self.close()
             m = snap.manifest
             base = self._path
-            con = self._con
+            self._con = con = _sql.connect()
+            con.create_function("fl_decode", _decode_udf, [duckdb.sqltype("BLOB"), duckdb.sqltype("VARCHAR")],
+                                duckdb.sqltype("DOUBLE[]"), type="arrow")
             con.execute(f"CREATE OR REPLACE VIEW models AS SELECT * FROM read_parquet({_sql_str(str(base / m['models_table']))})")
             con.execute(f"CREATE OR REPLACE VIEW layers AS SELECT * FROM read_parquet({_sql_str(str(base / m['layers_table']))})")
             con.execute(
@@ -610,6 +651,7 @@ class FilterDB:
             con.execute(
                 "CREATE OR REPLACE VIEW filters AS SELECT l.model, l.layer, f.layer_id, f.filter, l.kernel_h, "
                 "l.kernel_w, l.dtype, fl_decode(f.w, l.dtype) AS w FROM filters_raw f JOIN layers l USING (layer_id)")
+            _sql.lock_down(con, [base / m["models_table"], base / m["layers_table"], *(base / f for f in m["files"])])
             self._view_generation = snap.generation
         return self._con
 
@@ -628,8 +670,17 @@ class FilterDB:
 
     # ---- writing -------------------------------------------------------------------------
 
-    def _lock(self) -> _fs.WriterLock:
-        return _fs.WriterLock(self._path / LOCK, self.lock_timeout)
+    @contextmanager
+    def _lock(self) -> Iterator[None]:
+        """Hold the writers' lock; a disk that is full or read-only is one clear line. Each write
+        commits by replacing the manifest last, so a failure leaves the last committed state."""
+        try:
+            with _fs.WriterLock(self._path / LOCK, self.lock_timeout):
+                yield
+        except OSError as exc:
+            why = exc.strerror or str(exc)
+            raise DatabaseWriteError(f"{self._path}: cannot write to the database ({why}); "
+                                     "it keeps its last committed state") from None
 
     def add(
         self,
@@ -734,10 +785,12 @@ class FilterDB:
             keep_l = pc.invert(pc.is_in(snap.layers_table.column("model"), pa.array(names, pa.string())))
             layers_t = snap.layers_table.filter(keep_l)
             gone = set(pc.unique(snap.layers_table.filter(pc.invert(keep_l)).column("file")).to_pylist())
+            gone -= set(pc.unique(layers_t.column("file")).to_pylist())  # never a file a kept layer reads
             files = [f for f in snap.manifest["files"] if f not in gone]
             self._commit(snap, snap.models_table.filter(keep_m), layers_t, files)
             for f in gone:
-                (self._path / f).unlink(missing_ok=True)
+                if f in snap.manifest["files"]:  # validated paths inside filters/, nothing else
+                    _fs.inside(self._path, f, FILTERS_DIR).unlink(missing_ok=True)
         return names
 
     def set_attr(self, key: str, value: Any) -> None:
@@ -856,6 +909,30 @@ class FilterDB:
 
 # --------------------------------------------------------------------------------------------
 # helpers
+
+
+def _remove_dead_staging(path: Path) -> None:
+    """Remove the staging folders ``.NAME.creating-PID-XXXXXXXX`` that a killed :meth:`FilterDB.create`
+    of ``path`` left behind (its process is gone); only names this module makes are touched."""
+    import re
+
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.creating-(\d+)-[0-9a-f]{{8}}")
+    try:
+        siblings = list(path.parent.iterdir())
+    except OSError:
+        return
+    for p in siblings:
+        m = pattern.fullmatch(p.name)
+        if not m or p.is_symlink() or not p.is_dir():
+            continue
+        pid = int(m.group(1))
+        try:
+            os.kill(pid, 0)
+            continue  # still running (or not ours to signal): leave it
+        except ProcessLookupError:
+            shutil.rmtree(p, ignore_errors=True)
+        except (PermissionError, OverflowError, OSError):
+            continue
 
 
 def _version() -> str:

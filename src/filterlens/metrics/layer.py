@@ -62,6 +62,8 @@ def filter_pass(
     filters = as_filters(w)
     if filters.shape[0] == 0:
         return "empty layer"
+    if np.iscomplexobj(w):  # the real part alone is not the filter: refuse rather than guess
+        return f"complex weights ({w.dtype}): not measured"
     m = layer_max_abs(w)
     if not np.isfinite(m):  # any NaN or Inf propagates into the max
         return "non-finite weights (NaN or Inf)"

@@ -88,12 +88,16 @@ def _sniff_onnx(path: Path) -> bool:
 
 
 def _from_state(state, arch, name, source, input_shape, arch_kwargs) -> ModelFilters:
+    notes = list(getattr(state, "notes", []))  # what read_state_dict skipped beside the weights
     if not arch:
-        return from_weights(to_numpy_state(state), name=name, source=source)
+        mf = from_weights(to_numpy_state(state), name=name, source=source)
+        mf.warnings.extend(notes)
+        return mf
 
     module, info = arch_module(state, arch, **arch_kwargs)
     mf = from_module(module, name=name, source=source, input_shape=input_shape or info.input_shape,
                      arch=info.name)
+    mf.warnings.extend(notes)
     return mf
 
 

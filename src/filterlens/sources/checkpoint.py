@@ -6,15 +6,19 @@ Checkpoints are untrusted input: torch files are read with ``weights_only=True``
 from __future__ import annotations
 
 import pickle
+import re
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn as nn
 
 from ..errors import ArchitectureError, SourceError
+
+if TYPE_CHECKING:  # torch is imported by the functions that need it: ONNX and safetensors files never do
+    import torch
+    import torch.nn as nn
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".th", ".ckpt", ".bin", ".tar")
 #: Where common training scripts keep the weights inside a checkpoint dict, in the order tried.
@@ -23,28 +27,106 @@ CONTAINER_KEYS = ("state_dict", "model_state_dict", "model", "net", "last", "ema
 WRAPPER_PREFIXES = ("module.", "model.")
 
 
-def read_torch_checkpoint(path: Path) -> object:
-    """``torch.load(path, weights_only=True)`` with one clear error line for each failure."""
+#: Globals beside the tensors of research checkpoints that only rebuild plain data (numpy scalars
+#: and arrays, ``args``): allowed on top of torch's weights-only set; anything else is refused.
+EXTRA_SAFE_GLOBALS = {
+    **{f"{m}.{n}": (m, n) for m in ("numpy.core.multiarray", "numpy._core.multiarray")
+       for n in ("scalar", "_reconstruct")},
+    "numpy.ndarray": ("numpy", "ndarray"),
+    "numpy.dtype": ("numpy", "dtype"),
+    "argparse.Namespace": ("argparse", "Namespace"),
+}
+_UNSUPPORTED = re.compile(r"Unsupported global: GLOBAL ([\w.]+)|unsupported GLOBAL ([\w.]+)"
+                          r"|allowlisted via `add_safe_globals`, but got <class '([\w.]+)'>")
+
+
+def _safe_global(name: str) -> object | None:
+    """The object of an allowed extra global (numpy dtype classes included), else None."""
+    import importlib
+
+    if name in EXTRA_SAFE_GLOBALS:
+        module, attr = EXTRA_SAFE_GLOBALS[name]
+    elif re.fullmatch(r"numpy\.dtypes\.\w+DType", name):
+        module, attr = name.rsplit(".", 1)
+    else:
+        return None
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        msg = str(exc)
-        if "Weights only load failed" in msg or "weights_only" in msg:
-            raise SourceError(
-                f"{path}: refused to load: the checkpoint contains Python objects that could run "
-                "code when unpickled, and filterlens loads weights only (weights_only=True). "
-                "Re-save it as a plain state dict (torch.save(model.state_dict(), ...)) or as "
-                ".safetensors."
-            ) from None
-        raise SourceError(f"{path}: not a PyTorch checkpoint ({_first_line(msg)})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        msg = _first_line(str(exc))
-        if "zip archive" in msg or "central directory" in msg or isinstance(exc, EOFError):
-            raise SourceError(f"{path}: the checkpoint is truncated or corrupt ({msg})") from None
-        raise SourceError(f"{path}: cannot read the checkpoint ({msg})") from None
-    except Exception as exc:  # the weights-only unpickler raises assorted errors on garbage
-        raise SourceError(f"{path}: not a PyTorch checkpoint ({type(exc).__name__}: "
-                          f"{_first_line(str(exc))})") from None
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError):
+        return None
+
+
+def _importable(name: str) -> bool:
+    """Whether the top-level module of a dotted global exists (without importing it)."""
+    import importlib.util
+
+    if "." not in name:  # torch names builtins without their module: 'print', 'eval'
+        import builtins
+
+        return hasattr(builtins, name)
+    top = name.split(".")[0]
+    try:
+        return bool(top) and importlib.util.find_spec(top) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def read_torch_checkpoint(path: Path) -> object:
+    """``torch.load(path, weights_only=True)`` with one clear error line for each failure.
+
+    Globals torch's weights-only unpickler refuses are allowed one by one when they are in
+    :data:`EXTRA_SAFE_GLOBALS` (numpy scalars, ``argparse.Namespace``); any other global is
+    refused, naming it.
+    """
+    return _load_allowing(path)[0]
+
+
+def _load_allowing(path: Path) -> tuple[object, list[str]]:
+    """The checkpoint and the extra globals it needed (see :func:`read_torch_checkpoint`)."""
+    import torch
+
+    allowed: list = []
+    names: list[str] = []
+    for _ in range(len(EXTRA_SAFE_GLOBALS) + 16):
+        try:
+            with torch.serialization.safe_globals(allowed):
+                return torch.load(path, map_location="cpu", weights_only=True), names
+        except pickle.UnpicklingError as exc:
+            msg = str(exc)
+            if "Weights only load failed" not in msg and "weights_only" not in msg:
+                raise SourceError(f"{path}: not a PyTorch checkpoint ({_first_line(msg)})") from None
+            m = _UNSUPPORTED.search(msg)
+            if m is None:  # the weights-only unpickler choked on bytes, not on a global
+                reason = next((l.strip() for l in msg.splitlines() if "WeightsUnpickler error" in l), "")
+                raise SourceError(f"{path}: not a PyTorch checkpoint, or it is corrupt"
+                                  f"{' (' + reason[:200] + ')' if reason else ''}") from None
+            name = m.group(1) or m.group(2) or m.group(3)
+            obj = _safe_global(name)
+            if obj is None and not _importable(name):  # random bytes that parse as a pickle
+                raise SourceError(f"{path}: not a PyTorch checkpoint, or it is corrupt (it names a Python "
+                                  f"object {name[:80]} that does not exist)") from None
+            if obj is None or obj in allowed:
+                raise SourceError(
+                    f"{path}: refused to load: the checkpoint asks for {name}, which could run code when "
+                    "unpickled, and filterlens loads weights only. Re-save it as a plain state dict "
+                    "(torch.save(model.state_dict(), ...)) or as .safetensors."
+                ) from None
+            allowed.append(obj)
+            names.append(name)
+        except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+            return _read_error(path, exc)
+        except Exception as exc:  # the weights-only unpickler raises assorted errors on garbage
+            raise SourceError(f"{path}: not a PyTorch checkpoint ({type(exc).__name__}: "
+                              f"{_first_line(str(exc))})") from None
+    raise SourceError(f"{path}: refused to load: the checkpoint asks for too many Python globals")
+
+
+def _read_error(path: Path, exc: BaseException):
+    """A torch.load failure that is not the unpickler's: truncated, corrupt, unreadable."""
+    msg = _first_line(str(exc))
+    if "zip archive" in msg or "central directory" in msg or isinstance(exc, EOFError):
+        raise SourceError(f"{path}: the checkpoint is truncated or corrupt ({msg})") from None
+    raise SourceError(f"{path}: cannot read the checkpoint ({msg})") from None
 
 
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -63,6 +145,8 @@ def _first_line(text: str) -> str:
 
 
 def _tensor_items(obj: Mapping) -> dict[str, torch.Tensor]:
+    import torch
+
     return {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
 
 
@@ -100,11 +184,27 @@ def strip_wrapper_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Te
     return state
 
 
+class StateDict(dict):
+    """A state dict read from a file, with ``notes`` on what was read around it."""
+
+    notes: list[str]
+
+
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """The state dict inside a checkpoint or safetensors file."""
+    """The state dict inside a checkpoint or safetensors file. When the checkpoint needed
+    :data:`EXTRA_SAFE_GLOBALS` (``args``, numpy scalars), ``notes`` says what was skipped."""
     if path.suffix.lower() == ".safetensors" or _looks_like_safetensors(path):
         return strip_wrapper_prefixes(read_safetensors(path))
-    return find_state_dict(read_torch_checkpoint(path), str(path))
+    obj, needed = _load_allowing(path)
+    state = StateDict(find_state_dict(obj, str(path)))
+    state.notes = []
+    if needed and isinstance(obj, Mapping):
+        skipped = [f"{k} ({type(v).__module__}.{type(v).__qualname__})" for k, v in obj.items()
+                   if type(v).__module__.split(".")[0] in ("numpy", "argparse")]
+        state.notes.append("read the tensors only; skipped what is not a weight"
+                           + (f": {', '.join(map(str, skipped[:8]))}" if skipped else
+                              f" (objects of {', '.join(needed)})"))
+    return state
 
 
 def _looks_like_safetensors(path: Path) -> bool:
@@ -144,6 +244,8 @@ def load_into(module: nn.Module, state: Mapping[str, torch.Tensor], arch: str) -
 
 def to_numpy_state(state: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
     """Tensors as numpy arrays (bfloat16 and other non-numpy types go through float32)."""
+    import torch
+
     out = {}
     for k, v in state.items():
         v = v.detach().cpu()

@@ -53,6 +53,60 @@ _NATIVE_FLOATS = (np.float16, np.float32, np.float64)
 _PARAM_NAME = re.compile(r"[A-Za-z_][\w\-]*(?:[./][\w\-]+)*")
 _SCOPE_NAME = re.compile(r"((?:/[^/]+)+)/(?:Conv|ConvTranspose|FusedConv)(?:_\d+)?")
 
+#: Most bytes a gzip file may expand to (a zip bomb of a few MB otherwise fills the memory). 2 GiB
+#: is protobuf's own limit for one serialized ONNX model; override with the environment
+#: variable ``FILTERLENS_MAX_DECOMPRESSED`` (bytes, or with a K/M/G suffix, e.g. ``4G``).
+MAX_DECOMPRESSED_BYTES = 2 << 30
+MAX_DECOMPRESSED_ENV = "FILTERLENS_MAX_DECOMPRESSED"
+
+
+def max_decompressed_bytes() -> int:
+    """The decompression cap: :data:`MAX_DECOMPRESSED_ENV` if set, else :data:`MAX_DECOMPRESSED_BYTES`."""
+    import os
+
+    text = os.environ.get(MAX_DECOMPRESSED_ENV, "").strip()
+    if not text:
+        return MAX_DECOMPRESSED_BYTES
+    m = re.fullmatch(r"(\d+)\s*([kKmMgGtT]?)i?[bB]?", text)
+    if not m:
+        raise SourceError(f"{MAX_DECOMPRESSED_ENV}={text!r}: expected a number of bytes, e.g. 4G or 500M")
+    return int(m.group(1)) << (10 * " KMGT".index(m.group(2).upper() or " "))
+
+
+def gunzip_bounded(data: bytes, path: Path | str, limit: int | None = None) -> bytes:
+    """Decompress gzip ``data`` (all members) to at most ``limit`` bytes (default
+    :func:`max_decompressed_bytes`); a larger output is refused with a clear :class:`SourceError`
+    before it is held in memory."""
+    limit = max_decompressed_bytes() if limit is None else limit
+    out = bytearray()
+    view = memoryview(data)
+    try:
+        while view.nbytes:
+            d = zlib.decompressobj(wbits=31)  # one gzip member
+            chunk = view
+            while True:
+                piece = d.decompress(chunk, max(1, limit + 1 - len(out)))
+                out += piece
+                if len(out) > limit:
+                    raise SourceError(
+                        f"{path}: the gzip file expands to more than {limit:,} bytes; refusing to decompress it "
+                        f"(set {MAX_DECOMPRESSED_ENV}, e.g. {MAX_DECOMPRESSED_ENV}=8G, to allow larger files)")
+                chunk = d.unconsumed_tail
+                if d.eof or not chunk:
+                    break
+            if not d.eof:
+                raise EOFError("compressed file ended before the end-of-stream marker was reached")
+            view = memoryview(d.unused_data)
+            if view.nbytes and bytes(view[:2]) != _GZIP_MAGIC:
+                break  # trailing garbage after the last member (as gzip tolerates zeros)
+    except (zlib.error, EOFError) as exc:
+        raise SourceError(f"{path}: gzip data is corrupt or truncated ({_first_line(exc)})") from None
+    except MemoryError:
+        raise SourceError(f"{path}: not enough memory to decompress the gzip file "
+                          f"(cap {limit:,} bytes, {MAX_DECOMPRESSED_ENV})") from None
+    return bytes(out)
+
+
 def load_onnx(path: str | Path, name: str | None = None) -> ModelFilters:
     """Read the 2-D conv layers of an ONNX model file, with their depth in the node graph.
 
@@ -225,11 +279,7 @@ def _read_model(path: Path) -> onnx.ModelProto:
 
     fmt_path = path
     if data[:2] == _GZIP_MAGIC:
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise SourceError(f"{path}: gzip data is corrupt or truncated ({_first_line(exc)})") \
-                from None
+        data = gunzip_bounded(data, path)
         if path.suffix.lower() == ".gz":
             fmt_path = path.with_suffix("")
         if not data:
@@ -239,7 +289,7 @@ def _read_model(path: Path) -> onnx.ModelProto:
     try:
         model = onnx.load_model_from_string(data, format=fmt)
     except MemoryError:
-        raise
+        raise SourceError(f"{path}: not enough memory to parse the ONNX model ({len(data):,} bytes)") from None
     except Exception as exc:  # DecodeError, text-format ParseError, ...
         raise SourceError(f"{path}: not an ONNX model, or the file is corrupt or truncated "
                           f"({type(exc).__name__}: {_first_line(exc)}){_magic_hint(data)}") \
