@@ -69,10 +69,11 @@ class Chen2020Ensemble(NormalizedInput):
 def chen2020_ensemble(
     num_classes: int = 10,
     n_members: int = 3,
+    num_blocks: Sequence[int] = (3, 4, 6, 3),
     mean: Stats = IMAGENET_MEAN,
     std: Stats = IMAGENET_STD,
     stats_keys: Sequence[str] | None = ("mu", "sigma"),
 ) -> Chen2020Ensemble:
-    """The three-branch ensemble with RobustBench's key names."""
-    return Chen2020Ensemble(check_num_classes(num_classes), n_members, mean=mean, std=std,
+    """The three-branch ensemble with RobustBench's key names (``num_blocks`` per stage)."""
+    return Chen2020Ensemble(check_num_classes(num_classes), n_members, num_blocks, mean=mean, std=std,
                             stats_keys=stats_keys)
