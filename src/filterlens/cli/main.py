@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from ..errors import FilterlensError
-from . import analysis_cmd, db_cmd, first_layer_cmd, metrics_cmd, reproduce_cmd, robust_cmd
+from . import analysis_cmd, db_cmd, first_layer_cmd, metrics_cmd, reproduce_cmd, robust_cmd, robustbench_cmd
 from .console import error
 
 app = typer.Typer(
@@ -38,7 +38,7 @@ def _root(
     """Adversarial robustness through the lens of convolutional filters."""
 
 
-for module in (metrics_cmd, db_cmd, analysis_cmd, robust_cmd, first_layer_cmd, reproduce_cmd):
+for module in (metrics_cmd, db_cmd, analysis_cmd, robust_cmd, first_layer_cmd, reproduce_cmd, robustbench_cmd):
     module.register(app)
 
 
