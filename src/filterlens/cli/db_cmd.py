@@ -82,8 +82,17 @@ def extract(
     include_transposed: bool = typer.Option(False, "--include-transposed", help="Also measure transposed convs."),
     skip_existing: bool = typer.Option(False, "--skip-existing", help="Models already stored are skipped, "
                                        "not failures."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-j", help="Extract on a local Dask cluster of N "
+                                          "worker processes (the database is the same as without).",
+                                          show_default=False),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Extract on a running Dask cluster: "
+                                            "tcp://HOST:PORT or a scheduler file (or set FILTERLENS_SCHEDULER).",
+                                            show_default=False),
 ) -> None:
     """Extract the conv filters and per-layer metrics of models into a filter database."""
+    import os
+    from contextlib import ExitStack
+
     from ..db import FilterDB, MetaTable, extract_sources, normalize_metadata
     from .metrics_cmd import check_measure_options
 
@@ -91,21 +100,32 @@ def extract(
     overrides = {k: v for k, v in {"training": training, "dataset": dataset, "threat_model": threat_model,
                                    "eps": eps, "tags": tags}.items() if v is not None}
     normalize_metadata(overrides)  # reject bad values before any work
+    if workers is not None and scheduler:
+        raise FilterlensError("give --workers (a local cluster) or --scheduler (a running one), not both")
+    if workers is not None and workers < 1:
+        raise FilterlensError("--workers must be at least 1")
+    scheduler = scheduler or (None if workers is not None else os.environ.get("FILTERLENS_SCHEDULER") or None)
     table = MetaTable.read_csv(meta_file) if meta_file is not None else None
     db, fresh = _open_or_create(db_path)
     counts = {"added": 0, "skipped": 0, "failed": 0}
-    results = extract_sources(
-        db, progress(sources, len(sources), "extracting", enabled=len(sources) > 1), arch=arch, name=name,
-        metadata=overrides, meta_table=table, kernel_size=ks, threshold=threshold, inclusive=not exclusive,
-        include_transposed=include_transposed, skip_existing=skip_existing)
-    for r in results:
-        counts[r.status] += 1
-        if r.status == "added":
-            out.print(f"added {r.model} ({r.n_layers} layers, {r.n_filters} filters)", highlight=False, markup=False)
-        elif r.status == "skipped":
-            warn(r.message)
+    options = dict(arch=arch, name=name, metadata=overrides, meta_table=table, kernel_size=ks, threshold=threshold,
+                   inclusive=not exclusive, include_transposed=include_transposed, skip_existing=skip_existing)
+    with ExitStack() as stack:
+        if workers is not None or scheduler:  # workers load and measure; this process writes
+            from ..db.distributed import connect, extract_sources_dask
+
+            results = extract_sources_dask(db, sources, stack.enter_context(connect(workers, scheduler)), **options)
         else:
-            error(r.message)
+            results = extract_sources(db, sources, **options)
+        for r in progress(results, len(sources), "extracting", enabled=len(sources) > 1):
+            counts[r.status] += 1
+            if r.status == "added":
+                out.print(f"added {r.model} ({r.n_layers} layers, {r.n_filters} filters)", highlight=False,
+                          markup=False)
+            elif r.status == "skipped":
+                warn(r.message)
+            else:
+                error(r.message)
     _discard_if_unused(db, fresh)
     if table is not None and table.unused_lines():
         lines = table.unused_lines()

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
-import pandas as pd
 import typer
 
 from ..errors import FilterlensError
 from .console import FORMATS, emit, error, progress, warn
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 TABLE_COLUMNS = ["model", "layer", "kernel_size", "in_channels", "out_channels", "groups", "conv_depth",
                  "conv_depth_norm", "n_filters", "sparsity", "variance_entropy", "orthogonality"]
@@ -40,6 +42,8 @@ def check_measure_options(sources, name: str | None, threshold: float, kernel_si
 def measure_sources(sources, arch, name, kernel_size, threshold, inclusive, include_transposed,
                     show_progress=True) -> tuple[pd.DataFrame, int]:
     """Measure each source; print one line per failure. Returns the table and the failure count."""
+    import pandas as pd
+
     from ..measure import measure_model, no_layers_error
     from ..sources import load_model
 
@@ -96,6 +100,8 @@ def metrics(
 
 def archs(fmt: str = typer.Option("table", "--format", "-f", help="table | csv | json")) -> None:
     """List the architectures that --arch accepts."""
+    import pandas as pd
+
     from ..archs import list_archs
 
     rows = [{"name": a.name, "input_shape": "x".join(map(str, a.input_shape)), "num_classes": a.num_classes,

@@ -1,8 +1,11 @@
-"""Extract many model sources into a filter database, one at a time (memory: one model)."""
+"""Extract many model sources into a filter database, one at a time (memory: one model).
+
+:mod:`filterlens.db.distributed` runs the same steps on a Dask cluster; the pieces both use
+(metadata of a model, the result of a failure) live here.
+"""
 
 from __future__ import annotations
 
-import gc
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
@@ -46,6 +49,25 @@ def _load_robustbench(source: str, name: str | None, meta: Mapping[str, Any]) ->
 
     return load_robustbench(source, name=name, dataset=str(meta.get("dataset") or "cifar10"),
                             threat_model=str(meta.get("threat_model") or "Linf"))
+
+
+def model_metadata(source: str, name: str | None, row: Mapping[str, Any] | None, overrides: Mapping[str, Any],
+                   mf_name: str, mf_metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A model's metadata: ``overrides`` over its ``--meta`` row over what the source knows."""
+    md = {**normalize_metadata(mf_metadata), **(row or {}), **overrides}
+    # the file actually read (a CSV 'source' only served to find the row)
+    md["source"] = str(Path(source).resolve()) if Path(source).exists() else source
+    md["model"] = name or md.get("model") or mf_name
+    return md
+
+
+def failure_result(source: str, label: str, exc: BaseException, skip_existing: bool) -> ExtractResult:
+    """The result for a source that raised ``exc``: one line naming it."""
+    if isinstance(exc, DuplicateModelError):
+        return ExtractResult(source, "skipped" if skip_existing else "failed", label, str(exc))
+    if isinstance(exc, FilterlensError):
+        return ExtractResult(source, "failed", None, str(exc))
+    return ExtractResult(source, "failed", None, f"{source}: {type(exc).__name__}: {exc}")
 
 
 def extract_sources(
@@ -93,10 +115,7 @@ def extract_sources(
                 mf = loader(source, arch or (row or {}).get("arch"), wanted)
             if row is None and meta_table is not None:
                 row = meta_table.lookup(None, mf.name)
-            md = {**normalize_metadata(mf.metadata), **(row or {}), **overrides}
-            # the file actually read (a CSV 'source' only served to find the row)
-            md["source"] = str(Path(source).resolve()) if Path(source).exists() else source
-            md["model"] = name or md.get("model") or mf.name
+            md = model_metadata(source, name, row, overrides, mf.name, mf.metadata)
             label = md["model"]
             sha = model_sha256(mf)
             existing = db.find_sha256(sha)
@@ -106,12 +125,9 @@ def extract_sources(
             metrics = measurer(mf)
             db.add(mf, md, metrics, _sha256=sha)
             yield ExtractResult(source, "added", label, "", len(mf.layers), sum(l.n_filters for l in mf.layers))
-        except DuplicateModelError as exc:
-            yield ExtractResult(source, "skipped" if skip_existing else "failed", label, str(exc))
-        except FilterlensError as exc:
-            yield ExtractResult(source, "failed", None, str(exc))
         except Exception as exc:  # one unreadable source must not stop a batch
-            yield ExtractResult(source, "failed", None, f"{source}: {type(exc).__name__}: {exc}")
+            yield failure_result(source, label, exc, skip_existing)
         finally:
-            mf = metrics = None  # noqa: F841 - drop the model before loading the next
-            gc.collect()
+            # drop the model before loading the next (reference counting frees it: a forced
+            # gc.collect() here cost more time than loading small models)
+            mf = metrics = None  # noqa: F841

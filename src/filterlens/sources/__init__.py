@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Sequence, Union
-
-import torch.nn as nn
+from typing import TYPE_CHECKING, Any, Sequence, Union
 
 from ..errors import SourceError
 from ..types import ModelFilters
-from .checkpoint import CHECKPOINT_SUFFIXES, infer_num_classes, load_into, read_state_dict, to_numpy_state
-from .torch_module import from_module, from_weights
+from .checkpoint import CHECKPOINT_SUFFIXES, _looks_like_safetensors
+from .weights import from_weights, read_safetensors_numpy
 
-ModelSource = Union[str, Path, nn.Module, Mapping]
+if TYPE_CHECKING:
+    import torch.nn as nn
+
+    from .torch_module import from_module
+
+# torch is imported only for what needs it (a module, a torch checkpoint, an --arch): ONNX and
+# safetensors files are read without it, which saves a second of start-up per process.
+ModelSource = Union[str, Path, "nn.Module", Mapping]
 
 _GZIP_MAGIC = b"\x1f\x8b"
 
@@ -39,7 +45,9 @@ def load_model(
       layer and depth follows the file order (``depth_source="order"``, approximate);
     - an ONNX file (``.onnx``, gzipped too): depth from the node graph.
     """
-    if isinstance(source, nn.Module):
+    if _is_module(source):
+        from .torch_module import from_module
+
         return from_module(source, name=name or type(source).__name__, input_shape=input_shape)
     if isinstance(source, Mapping):
         from .checkpoint import find_state_dict
@@ -68,8 +76,27 @@ def load_model(
         from .onnx_model import load_onnx
 
         return load_onnx(path, name=model_name)
+    if not arch and (path.suffix.lower() == ".safetensors" or _looks_like_safetensors(path)):
+        numpy_state = read_safetensors_numpy(path)  # None: dtypes numpy lacks, read through torch
+        if numpy_state is not None:
+            return from_weights(numpy_state, name=model_name, source=str(path))
+    from .checkpoint import read_state_dict
+
     state = read_state_dict(path)
     return _from_state(state, arch, model_name, str(path), input_shape, arch_kwargs)
+
+
+def _is_module(obj: Any) -> bool:
+    torch = sys.modules.get("torch")  # without torch imported, nothing can be an nn.Module
+    return torch is not None and isinstance(obj, torch.nn.Module)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "from_module":  # re-exported lazily: importing it imports torch
+        from .torch_module import from_module
+
+        return from_module
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _stem(path: Path) -> str:
@@ -88,11 +115,14 @@ def _sniff_onnx(path: Path) -> bool:
 
 
 def _from_state(state, arch, name, source, input_shape, arch_kwargs) -> ModelFilters:
+    from .checkpoint import infer_num_classes, load_into, to_numpy_state
+
     notes = list(getattr(state, "notes", []))  # what read_state_dict skipped beside the weights
     if not arch:
         mf = from_weights(to_numpy_state(state), name=name, source=source)
         mf.warnings.extend(notes)
         return mf
+    from .torch_module import from_module
 
     module, info = arch_module(state, arch, **arch_kwargs)
     mf = from_module(module, name=name, source=source, input_shape=input_shape or info.input_shape,

@@ -23,6 +23,7 @@ from torch.nn.modules.conv import _ConvNd
 from ..errors import SourceError
 from ..types import ConvLayer, ModelFilters
 from .depth import assign_conv_depths, longest_path_depths
+from .weights import from_weights  # noqa: F401  (moved; importable from here as before)
 
 _CONV_FUNCTIONS = {torch.conv2d, torch.nn.functional.conv2d, torch.conv_transpose2d,
                    torch.nn.functional.conv_transpose2d}
@@ -195,25 +196,3 @@ def from_module(
     assign_conv_depths(layers)
     return ModelFilters(name=name, source=source, layers=layers, depth_source=depth_source,
                         arch=arch, warnings=notes)
-
-
-def from_weights(state: dict[str, np.ndarray], name: str, source: str) -> ModelFilters:
-    """Every 4-D ``*weight`` tensor of a bare state dict as a conv layer; depth = key order.
-
-    Groups and transposition cannot be known without the architecture: recorded as 1 / False.
-    """
-    layers = []
-    for i, (key, w) in enumerate((k, v) for k, v in state.items() if np.ndim(v) == 4):
-        lname = key[: -len(".weight")] if key.endswith(".weight") else key
-        layers.append(ConvLayer(name=lname, weight=np.asarray(w), depth=i, op_type="Conv2d"))
-    if not layers:
-        raise SourceError(f"{source}: no conv-shaped (4-D) weights in the state dict")
-    assign_conv_depths(layers)
-    return ModelFilters(
-        name=name,
-        source=source,
-        layers=layers,
-        depth_source="order",
-        warnings=["no architecture given (--arch): depth follows the order of the weights "
-                  "in the file and is approximate; groups are unknown"],
-    )
