@@ -7,7 +7,8 @@ yields a layer's filters in chunks, so any source of such data can be analysed.
 from .bins import ALL, BIN_LABELS, DECILES, FIRST, METRICS, assign_bins, depth_bin, model_bin_table, select_layers
 from .claims import CLAIMS, evaluate_claims
 from .compare import ComparisonResult, chunks_from, compare
-from .groups import GroupSpec, Groups, Pairs, load_pairs, match_pairs, split_groups
+from .groups import GroupSpec, Groups, Pairs, load_pairs, match_pairs, pair_list, split_groups
+from .paper import paper_distribution_shift
 from .shift import PCABasis, ShiftResult, distribution_shift, symmetric_kl
 from .stats import (
     accuracy_correlations,
@@ -47,6 +48,8 @@ __all__ = [
     "mann_whitney",
     "match_pairs",
     "model_bin_table",
+    "pair_list",
+    "paper_distribution_shift",
     "select_layers",
     "split_groups",
     "symmetric_kl",

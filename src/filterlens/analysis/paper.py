@@ -470,6 +470,7 @@ def paper_distribution_shift(
                  "shared by every dataset and depth bin",
         "range": "one scalar interval for all components: min and max of the projections of every filter of "
                  "the compared models, sparse ones included",
+        "range_mode": "global",
         "n_bins": n_bins,
         "hist_eps": eps,
         "hist_eps_scale": "density (np.histogram density=True), then normalised",
