@@ -166,3 +166,30 @@ def test_worker_killed_mid_extraction(tmp_path, zoo, client):
     list(extract_sources(serial, sources[:3]))
     assert_same_db(serial, db)
     client.wait_for_workers(2, timeout=60)
+
+
+def _disk_full_for(model: str) -> None:
+    """On a worker: writing the files of ``model`` fails (as on a full disk)."""
+    real = fld.stage_model
+
+    def stage_model(prep, meta, name, *args, **kwargs):
+        if name == model:
+            raise OSError(28, "No space left on device")
+        return real(prep, meta, name, *args, **kwargs)
+
+    fld.stage_model = stage_model
+
+
+def test_a_model_that_cannot_be_written_fails_alone(tmp_path, zoo, client):
+    """Later models were given ids after it: they get new ones, so no id is skipped."""
+    sources = [zoo[0], zoo[3], zoo[5], zoo[6]]  # net0, net1 (cannot be written), net2, net3
+    client.run(_disk_full_for, "net1")
+    try:
+        got = list(fld.extract_sources_dask(FilterDB.create(tmp_path / "dask"), sources, client, window=4))
+    finally:
+        client.run(_worker_sees_all)
+    assert [r.status for r in got] == ["added", "failed", "added", "added"]
+    assert got[1].message.startswith(sources[1] + ": failed on the cluster while writing it (OSError")
+    serial = FilterDB.create(tmp_path / "serial")
+    list(extract_sources(serial, [sources[0], sources[2], sources[3]]))
+    assert_same_db(serial, FilterDB.open(tmp_path / "dask"))
