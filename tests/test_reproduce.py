@@ -215,6 +215,12 @@ def test_pairs_formats(tmp_path):
     unknown.write_text("robust,normal\nnope,hso_normal_training_robustbench_Alpha2020_cifar10_13\n")
     with pytest.raises(FilterlensError, match="nope"):
         reproduce(H5, unknown, tmp_path / "db")
+    assert not (tmp_path / "db").exists()  # refused before any import
+    junk = tmp_path / "junk.h5"
+    junk.write_bytes(b"not hdf5")
+    with pytest.raises(FilterlensError, match="HDF5"):
+        reproduce(junk, PAIRS, tmp_path / "db2")
+    assert not (tmp_path / "db2").exists()  # nothing half-written
 
 
 def test_pairs_dataframe_without_dataset_uses_training_dataset(replay, tmp_path):

@@ -141,6 +141,9 @@ def open_database(h5: str | os.PathLike, db_path: str | os.PathLike | None = Non
         raise FilterlensError(f"{h5}: no such file")
     path = Path(db_path) if db_path is not None else default_db_path(h5)
     fp = _fingerprint(h5)
+    from ..db.h5 import _read_meta
+
+    _read_meta(h5)  # a file that is not in the published layout fails here, before any database is made
     if path.exists() and any(path.iterdir()) if path.is_dir() else path.exists():
         db = FilterDB.open(path)
         src = db.attrs().get(SOURCE_ATTR)
@@ -164,7 +167,15 @@ def open_database(h5: str | os.PathLike, db_path: str | os.PathLike | None = Non
         if progress:
             progress("importing models", 1, 0)
 
-    import_h5(h5, db, measure=True, on_model=on_model)
+    try:
+        import_h5(h5, db, measure=True, on_model=on_model)
+    except BaseException:
+        if status == "imported" and len(db) == 0:  # nothing imported: leave nothing behind
+            db.close()
+            import shutil
+
+            shutil.rmtree(path, ignore_errors=True)
+        raise  # models already imported stay: the next run resumes
     db.set_attr(SOURCE_ATTR, {**fp, "complete": True})
     return db, status
 
@@ -231,13 +242,15 @@ def reproduce(
     """
     h5 = Path(h5)
     plist = pair_list(pairs)
+    if h5.is_file():  # unknown names in the pairs fail before anything is imported
+        from ..db.h5 import _read_meta
+
+        flat = _read_meta(h5)[0]
+        named = set().union(*(set(flat[c].dropna().astype(str)) for c in ("model", "Name") if c in flat.columns))
+        _check_names(plist, named, h5)
     db, status = open_database(h5, db_path, progress)
     models = _model_table(db, h5)
-    known = set(models["name"])
-    unknown = sorted((set(plist["robust"]) | set(plist["normal"])) - known)
-    if unknown:
-        raise FilterlensError(f"the pairs name model(s) not in {h5.name}: {', '.join(unknown[:5])}"
-                              + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""))
+    _check_names(plist, set(models["name"]), h5)
     db_of = dict(zip(models["name"], models["db_name"]))
     if "dataset" not in plist.columns or (plist["dataset"] == "").any():
         ds_of = dict(zip(models["name"], models["dataset"].astype(str)))
@@ -380,6 +393,13 @@ def reproduce(
         "explained_variance_ratio": list(map(float, basis.explained_variance_ratio)),
     }
     return ReproduceResult(numbers, quirks, settings, per_model, bases)
+
+
+def _check_names(plist: pd.DataFrame, known: set, h5: Path) -> None:
+    unknown = sorted((set(plist["robust"]) | set(plist["normal"])) - known)
+    if unknown:
+        raise FilterlensError(f"the pairs name model(s) not in {h5.name}: {', '.join(unknown[:5])}"
+                              + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""))
 
 
 def _spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
