@@ -119,6 +119,16 @@ def test_complex_weights_are_not_measured_on_their_real_part(tmp_path, capsys):
     assert not (tmp_path / "db").exists()
 
 
+def test_conv_weights_that_are_not_2d_are_named_not_dropped_silently(tmp_path, capsys):
+    src = _save(tmp_path / "mixed.pt", {"c3.weight": torch.randn(4, 3, 3, 3, 3), "c2.weight": torch.randn(4, 3, 3, 3)})
+    code, out, err = run_cli(capsys, "metrics", src, "--format", "csv")
+    assert code == 0, err
+    assert "c3.weight" in err and "3-D convolutions are not extracted" in err
+    code, _, err = run_cli(capsys, "extract", src, "--db", tmp_path / "db")
+    assert code == 0, err
+    assert "3-D convolutions are not extracted" in FilterDB.open(tmp_path / "db").models()["warnings"][0]
+
+
 def test_zero_output_channel_conv_is_stored_without_a_traceback(tmp_path, capsys):
     src = _save(tmp_path / "zero.pt", {"a.weight": torch.zeros(0, 3, 3, 3), "b.weight": torch.randn(4, 3, 3, 3)})
     code, _, err = run_cli(capsys, "extract", src, "--db", tmp_path / "db")

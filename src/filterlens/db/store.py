@@ -394,9 +394,10 @@ class FilterDB:
                 if wrong:
                     raise DatabaseError(f"{self._path}: corrupt filter database: the {what} table has columns "
                                         f"of the wrong type ({', '.join(wrong)})")
-            # every path read from a database must stay inside it (a layer naming '../x' is hostile)
+            # every path read from a database must stay inside it (a layer naming '../x' is hostile);
+            # by name here (cheap for any number of files), resolved where a file is opened or deleted
             for f in set(pc.unique(layers.column("file")).to_pylist()) | set(manifest["files"]):
-                _fs.inside(self._path, f, FILTERS_DIR)
+                _fs.inside(self._path, f, FILTERS_DIR, resolve=False)
             self._snap_cache = Snapshot(manifest, models, layers)
             return self._snap_cache
         raise DatabaseError(f"{self._path}: corrupt filter database: a table named by {MANIFEST} is missing "
@@ -633,6 +634,9 @@ class FilterDB:
             self.close()
             m = snap.manifest
             base = self._path
+            # the only files a query may read, each checked to resolve inside (no symlink out)
+            readable = [_fs.inside(base, m["models_table"], TABLES_DIR), _fs.inside(base, m["layers_table"], TABLES_DIR),
+                        *(_fs.inside(base, f, FILTERS_DIR) for f in m["files"])]
             self._con = con = _sql.connect()
             con.create_function("fl_decode", _decode_udf, [duckdb.sqltype("BLOB"), duckdb.sqltype("VARCHAR")],
                                 duckdb.sqltype("DOUBLE[]"), type="arrow")
@@ -651,7 +655,7 @@ class FilterDB:
             con.execute(
                 "CREATE OR REPLACE VIEW filters AS SELECT l.model, l.layer, f.layer_id, f.filter, l.kernel_h, "
                 "l.kernel_w, l.dtype, fl_decode(f.w, l.dtype) AS w FROM filters_raw f JOIN layers l USING (layer_id)")
-            _sql.lock_down(con, [base / m["models_table"], base / m["layers_table"], *(base / f for f in m["files"])])
+            _sql.lock_down(con, readable)
             self._view_generation = snap.generation
         return self._con
 
@@ -786,11 +790,12 @@ class FilterDB:
             layers_t = snap.layers_table.filter(keep_l)
             gone = set(pc.unique(snap.layers_table.filter(pc.invert(keep_l)).column("file")).to_pylist())
             gone -= set(pc.unique(layers_t.column("file")).to_pylist())  # never a file a kept layer reads
+            # only files the manifest lists, each resolved inside filters/ before anything is committed
+            doomed = [_fs.inside(self._path, f, FILTERS_DIR) for f in gone if f in snap.manifest["files"]]
             files = [f for f in snap.manifest["files"] if f not in gone]
             self._commit(snap, snap.models_table.filter(keep_m), layers_t, files)
-            for f in gone:
-                if f in snap.manifest["files"]:  # validated paths inside filters/, nothing else
-                    _fs.inside(self._path, f, FILTERS_DIR).unlink(missing_ok=True)
+            for p in doomed:
+                p.unlink(missing_ok=True)
         return names
 
     def set_attr(self, key: str, value: Any) -> None:

@@ -184,6 +184,18 @@ def strip_wrapper_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Te
     return state
 
 
+def not_2d_conv_notes(state: Mapping) -> list[str]:
+    """A note naming the 3-D and 5-D ``*.weight`` tensors (1-D and 3-D convolutions): only 2-D
+    convolutions (4-D weights) are extracted, and the others must not vanish without a word."""
+    other = [(k, v.dim()) for k, v in state.items()
+             if k.endswith("weight") and hasattr(v, "dim") and v.dim() in (3, 5)]
+    if not other:
+        return []
+    names = ", ".join(k for k, _ in other[:6]) + (", ..." if len(other) > 6 else "")
+    kinds = ", ".join(sorted({f"{d - 2}-D" for _, d in other}))
+    return [f"{len(other)} weight(s) of {kinds} convolutions are not extracted (only 2-D convolutions are): {names}"]
+
+
 class StateDict(dict):
     """A state dict read from a file, with ``notes`` on what was read around it."""
 
@@ -194,10 +206,12 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """The state dict inside a checkpoint or safetensors file. When the checkpoint needed
     :data:`EXTRA_SAFE_GLOBALS` (``args``, numpy scalars), ``notes`` says what was skipped."""
     if path.suffix.lower() == ".safetensors" or _looks_like_safetensors(path):
-        return strip_wrapper_prefixes(read_safetensors(path))
+        state = StateDict(strip_wrapper_prefixes(read_safetensors(path)))
+        state.notes = not_2d_conv_notes(state)
+        return state
     obj, needed = _load_allowing(path)
     state = StateDict(find_state_dict(obj, str(path)))
-    state.notes = []
+    state.notes = not_2d_conv_notes(state)
     if needed and isinstance(obj, Mapping):
         skipped = [f"{k} ({type(v).__module__}.{type(v).__qualname__})" for k, v in obj.items()
                    if type(v).__module__.split(".")[0] in ("numpy", "argparse")]
