@@ -243,7 +243,12 @@ def load_pairs(
     Every named model must be in ``models``; with ``groups``, the first column's models must
     be in group ``a`` and the second's in group ``b``. Duplicate rows are dropped once, with
     a note. A pair whose two models have different datasets is kept with a note.
+    ``source="paper"``: the paper's 71 pairs (bundled RobustBench snapshot), those present.
     """
+    if isinstance(source, str) and source == "paper":
+        from ..sources.robustbench import resolve_paper_pairs
+
+        source = resolve_paper_pairs(models)
     frame = pair_list(source)
     table = pd.DataFrame({"model_a": frame["robust"], "model_b": frame["normal"]})
     notes = []

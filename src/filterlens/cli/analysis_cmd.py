@@ -53,7 +53,7 @@ def _check_pairs(pairs):
     """``--pairs``: ``auto``, or a readable CSV file (missing, empty, a folder or not text: one line)."""
     import pandas as pd
 
-    if pairs is None or str(pairs).strip().lower() == "auto":
+    if pairs is None or str(pairs).strip().lower() == "auto" or pairs == "paper":
         return pairs
     path = Path(pairs)
     if not path.exists():
@@ -95,8 +95,8 @@ def compare_cmd(
                                      "(default: training, adversarial vs normal)."),
     groups: Optional[List[str]] = typer.Option(None, "--groups", help="Two SQL conditions on the models table, "
                                                "given as --groups A --groups B."),
-    pairs: Optional[str] = typer.Option(None, "--pairs", help="CSV of matched pairs (robust, normal), or 'auto' "
-                                        "to match by architecture and dataset."),
+    pairs: Optional[str] = typer.Option(None, "--pairs", help="CSV of matched pairs (robust, normal), 'auto' "
+                                        "to match by architecture and dataset, or 'paper' (the paper's pairs present)."),
     fmt: str = typer.Option("table", "--format", "-f", help="table | csv | json"),
     out_file: Optional[Path] = typer.Option(None, "--out", "-o", help="Write to FILE instead of stdout."),
     n_boot: int = typer.Option(10_000, "--n-boot", help="Bootstrap resamples for the confidence intervals."),
