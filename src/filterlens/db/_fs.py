@@ -6,6 +6,8 @@ import errno
 import fcntl
 import json
 import os
+import re
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -33,6 +35,29 @@ def inside(root: Path, rel: Any, subdir: str, resolve: bool = True) -> Path:
     if resolved is None or resolved.parent != base:
         raise DatabaseError(f"{root}: corrupt filter database: {rel!r} points outside the database")
     return path
+
+
+def remove_dead_staging(path: Path) -> None:
+    """Remove the staging folders ``.NAME.creating-PID-XXXXXXXX`` that a killed ``FilterDB.create``
+    of ``path`` left behind (process PID is gone); only folders of exactly that name are touched,
+    and one whose PID runs again (reused) is kept."""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.creating-(\d+)-[0-9a-f]{{8}}")
+    try:
+        siblings = list(path.parent.iterdir())
+    except OSError:
+        return
+    for p in siblings:
+        m = pattern.fullmatch(p.name)
+        if not m or p.is_symlink() or not p.is_dir():
+            continue
+        pid = int(m.group(1))
+        try:
+            os.kill(pid, 0)
+            continue  # still running (or not ours to signal): leave it
+        except ProcessLookupError:
+            shutil.rmtree(p, ignore_errors=True)
+        except (PermissionError, OverflowError, OSError):
+            continue
 
 
 def fsync_file(path: Path) -> None:

@@ -328,7 +328,7 @@ class FilterDB:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise DatabaseError(f"{path}: cannot create a filter database ({exc.strerror or exc})") from None
-        _remove_dead_staging(path)
+        _fs.remove_dead_staging(path)
         staging = path.parent / f".{path.name}.creating-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         try:
             staging.mkdir()
@@ -635,7 +635,8 @@ class FilterDB:
             m = snap.manifest
             base = self._path
             # the only files a query may read, each checked to resolve inside (no symlink out)
-            readable = [_fs.inside(base, m["models_table"], TABLES_DIR), _fs.inside(base, m["layers_table"], TABLES_DIR),
+            readable = [_fs.inside(base, m["models_table"], TABLES_DIR),
+                        _fs.inside(base, m["layers_table"], TABLES_DIR),
                         *(_fs.inside(base, f, FILTERS_DIR) for f in m["files"])]
             self._con = con = _sql.connect()
             con.create_function("fl_decode", _decode_udf, [duckdb.sqltype("BLOB"), duckdb.sqltype("VARCHAR")],
@@ -914,30 +915,6 @@ class FilterDB:
 
 # --------------------------------------------------------------------------------------------
 # helpers
-
-
-def _remove_dead_staging(path: Path) -> None:
-    """Remove the staging folders ``.NAME.creating-PID-XXXXXXXX`` that a killed :meth:`FilterDB.create`
-    of ``path`` left behind (its process is gone); only names this module makes are touched."""
-    import re
-
-    pattern = re.compile(rf"\.{re.escape(path.name)}\.creating-(\d+)-[0-9a-f]{{8}}")
-    try:
-        siblings = list(path.parent.iterdir())
-    except OSError:
-        return
-    for p in siblings:
-        m = pattern.fullmatch(p.name)
-        if not m or p.is_symlink() or not p.is_dir():
-            continue
-        pid = int(m.group(1))
-        try:
-            os.kill(pid, 0)
-            continue  # still running (or not ours to signal): leave it
-        except ProcessLookupError:
-            shutil.rmtree(p, ignore_errors=True)
-        except (PermissionError, OverflowError, OSError):
-            continue
 
 
 def _version() -> str:
