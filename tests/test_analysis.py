@@ -713,3 +713,29 @@ def test_compare_names_its_procedure_and_keeps_the_per_bin_variant():
     assert np.isfinite(variant.shift["divergence_null"]).all() and "excess" in variant.shift
     with pytest.raises(FilterlensError, match="shift_procedure"):
         compare(models, layers, chunker(weights), shift_procedure="bogus")
+
+
+def test_compare_reports_the_pca_spectrum_entropy():
+    """science.md's pooled PCA spectrum entropy: layers pooled before one PCA, each model once."""
+    import scipy.stats
+
+    models, layers, weights = build(differ=(MIDDLE,), n_models=3, seed=6)
+    res = compare(models, layers, chunker(weights), n_boot=100)
+    memb = split_groups(models).membership.to_dict()
+
+    def plain(ms):
+        x = []
+        for (m, _), w in weights.items():
+            if m in ms:
+                f = w.reshape(-1, 9).astype(np.float64)
+                d = np.abs(f).max(axis=1)
+                keep = ~(d <= np.abs(f).max() / 100)
+                x.append(f[keep] / d[keep][:, None])
+        return scipy.stats.entropy(_pca_svd(np.concatenate(x))[2], base=10)
+
+    table = res.pca_entropy.set_index(["scope", "name"])
+    some = next(iter(memb))
+    assert abs(table.loc[("model", some), "pca_entropy"] - plain({some})) < 1e-9
+    assert abs(table.loc[("group", "a"), "pca_entropy"] - plain({m for m, g in memb.items() if g == "a"})) < 1e-9
+    assert abs(table.loc[("pooled", "all"), "pca_entropy"] - plain(set(memb))) < 1e-9
+    assert "pca_entropy" in res.to_dict()

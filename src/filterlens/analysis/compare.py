@@ -32,6 +32,8 @@ class ComparisonResult:
       difference, bootstrap CI, test, p (raw and Holm-adjusted), effect sizes;
     - ``shift``/``shift_components``/``own_pca``: the distribution shift (empty when not
       computed); ``shift_result`` keeps the bases and histograms for figures;
+    - ``pca_entropy``: the paper's PCA spectrum entropy per model, per group and pooled
+      (computed with the paper's shift; empty otherwise);
     - ``correlations``: Spearman of pooled metrics with accuracies;
     - ``claims``: the paper's findings with verdicts;
     - ``pairs``: the pairs used (or ``None``); ``settings``; ``notes``.
@@ -50,6 +52,7 @@ class ComparisonResult:
     pairs: pd.DataFrame | None = None
     notes: list[str] = field(default_factory=list)
     shift_result: ShiftResult | None = None
+    pca_entropy: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def to_dict(self) -> dict:
         """JSON-ready dict: settings, groups, per-cell statistics, shift, correlations, claims.
@@ -90,6 +93,7 @@ class ComparisonResult:
             "settings": self.settings,
             "stats": stats,
             "shift": self.shift.to_dict("records"),
+            "pca_entropy": self.pca_entropy.to_dict("records"),
             "correlations": self.correlations.to_dict("records"),
             "claims": self.claims.to_dict("records"),
             "pairs": None if self.pairs is None else self.pairs.to_dict("records"),
@@ -292,4 +296,5 @@ def compare(
         pairs=None if pair_obj is None else pair_obj.table,
         notes=notes,
         shift_result=shift_res,
+        pca_entropy=shift_res.spectra if shift_res is not None else empty,
     )

@@ -464,6 +464,17 @@ def paper_distribution_shift(
                 cum = np.cumsum(own.explained_variance_ratio)
                 own_rows += [{"dataset": ds, "depth_bin": "all", "group": g, "component": i + 1,
                               "evr": own.explained_variance_ratio[i], "cum_evr": cum[i], "n": mom.n} for i in range(k)]
+    # the PCA spectrum entropy (science.md): per model, per group and pooled, each model once
+    spectra = []
+    for scope, name, ms in ([("model", m, [m]) for m in models]
+                            + [("group", g, [m for m in models if str(membership[m]) == g]) for g in ("a", "b")]
+                            + [("pooled", "all", models)]):
+        mom = pooled_moments(passes, ms, k)
+        h = spectrum_entropy(pca_from_moments(mom, kernel_size).explained_variance_ratio) if mom.n >= 2 else np.nan
+        spectra.append({"scope": scope, "name": name,
+                        "group": str(membership[name]) if scope == "model" else (name if scope == "group" else ""),
+                        "dataset": ds_of.get(name, default_ds) if scope == "model" else "", "n": mom.n,
+                        "pca_entropy": h})
     settings = {
         "procedure": "paper",
         "basis": "one PCA fitted on the scaled non-sparse filters of every compared model (each model once), "
@@ -487,4 +498,5 @@ def paper_distribution_shift(
         pd.DataFrame(comp_rows, columns=empty_cols),
         pd.DataFrame(own_rows, columns=["dataset", "depth_bin", "group", "component", "evr", "cum_evr", "n"]),
         bases, hists, settings, notes,
+        pd.DataFrame(spectra, columns=["scope", "name", "group", "dataset", "n", "pca_entropy"]),
     )

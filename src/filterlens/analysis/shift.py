@@ -207,7 +207,8 @@ class ShiftResult:
     - ``components``: per scope and component: ``evr, kl_ab, kl_ba, kl_sym, weighted``;
     - ``own_pca``: each group's own PCA per scope: ``evr`` and cumulative ``cum_evr``;
     - ``bases``/``histograms``: by ``(dataset, depth_bin)``, for figures;
-    - ``settings`` and ``notes``.
+    - ``settings`` and ``notes``;
+    - ``spectra`` (paper procedure): the PCA spectrum entropy per model, per group and pooled.
     """
 
     table: pd.DataFrame
@@ -217,6 +218,8 @@ class ShiftResult:
     histograms: dict[Scope, Histograms] = field(default_factory=dict)
     settings: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    #: the paper's PCA spectrum entropy (paper procedure only): per model, per group and pooled
+    spectra: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 SHIFT_COLUMNS = ["dataset", "depth_bin", "n_a", "n_b", "divergence", "divergence_null", "excess", "range_low",
