@@ -230,12 +230,18 @@ def run_paper(repo: Path, zoo: Path, work: Path) -> dict:
     script = work / "paper_pipeline.sh"
     metrics = work / "notebook_metrics.py"
     metrics.write_text(NOTEBOOK_METRICS)
+    stamps = work / "paper_steps.txt"
     script.write_text(
-        f"set -e\nexport PYTHONPATH={shim}:{repo}\ncd {repo}\n"
+        f"set -e\nexport PYTHONPATH={shim}:{repo}\ncd {repo}\ndate +%s.%N > {stamps}\n"
         f"{sys.executable} create_filter_storage.py {zoo / 'onnx'} {zoo / 'index.csv'} {out} --split_after 1000\n"
+        f"date +%s.%N >> {stamps}\n"
         f"{sys.executable} extract_filters.py {out} {out / 'datastorage.meta.csv'} {out / 'filter_info.csv'} {out}\n"
-        f"{sys.executable} {metrics} {out}\n")
+        f"date +%s.%N >> {stamps}\n"
+        f"{sys.executable} {metrics} {out}\ndate +%s.%N >> {stamps}\n")
     result = run_measured(["bash", str(script)])
+    t = [float(x) for x in stamps.read_text().split()]
+    result["steps_seconds"] = {"create_filter_storage": round(t[1] - t[0], 2), "extract_filters": round(t[2] - t[1], 2),
+                               "notebook_metrics": round(t[3] - t[2], 2)}
     info = __import__("pandas").read_csv(out / "layer_metrics.csv")
     result["layers"] = len(info)
     result["filters_3x3"] = int((info.filter_id_end - info.filter_id_start).sum())

@@ -193,3 +193,18 @@ def test_a_model_that_cannot_be_written_fails_alone(tmp_path, zoo, client):
     serial = FilterDB.create(tmp_path / "serial")
     list(extract_sources(serial, [sources[0], sources[2], sources[3]]))
     assert_same_db(serial, FilterDB.open(tmp_path / "dask"))
+
+
+def test_cli_directory_with_workers_equals_serial(tmp_path, zoo, capsys):
+    """As a user runs it: a directory of mixed models, serial and ``--workers 2``."""
+    from filterlens.cli.main import main
+
+    codes = []
+    for db, extra in (("serial", []), ("workers", ["--workers", "2"])):
+        with pytest.raises(SystemExit) as exc:
+            main(["extract", str(Path(zoo[0]).parent), "--db", str(tmp_path / db), *extra])
+        codes.append(exc.value.code)
+    assert codes == [1, 1]  # broken.onnx and the duplicate fail, in both
+    err = capsys.readouterr().err
+    assert err.count("5 added, 0 skipped, 2 failed of 7 sources") == 2
+    assert_same_db(FilterDB.open(tmp_path / "serial"), FilterDB.open(tmp_path / "workers"))

@@ -64,7 +64,7 @@ def _discard_if_unused(db, fresh) -> None:
 
 def extract(
     sources: List[str] = typer.Argument(..., help="Model sources: checkpoint, safetensors or ONNX files, "
-                                        "robustbench:NAME.", show_default=False),
+                                        "directories of them, robustbench:NAME.", show_default=False),
     db_path: Path = _db_option(),
     arch: Optional[str] = typer.Option(None, "--arch", "-a", help="Architecture of the checkpoints (see 'filterlens archs')."),
     name: Optional[str] = typer.Option(None, "--name", help="Model name (one source only; default: from the source)."),
@@ -94,8 +94,10 @@ def extract(
     from contextlib import ExitStack
 
     from ..db import FilterDB, MetaTable, extract_sources, normalize_metadata
+    from ..db.extract import expand_sources
     from .metrics_cmd import check_measure_options
 
+    sources = expand_sources(sources)  # a directory stands for the model files under it
     ks = check_measure_options(sources, name, threshold, kernel_size)
     overrides = {k: v for k, v in {"training": training, "dataset": dataset, "threat_model": threat_model,
                                    "eps": eps, "tags": tags}.items() if v is not None}

@@ -51,6 +51,26 @@ def _load_robustbench(source: str, name: str | None, meta: Mapping[str, Any]) ->
                             threat_model=str(meta.get("threat_model") or "Linf"))
 
 
+#: File names ``extract`` picks up in a directory given as a source.
+MODEL_SUFFIXES = (".onnx", ".onnx.gz", ".safetensors", ".pt", ".pth", ".th", ".ckpt", ".bin")
+
+
+def expand_sources(sources: Iterable[str]) -> list[str]:
+    """Sources with each directory replaced by the model files under it (recursively, sorted
+    by path; see :data:`MODEL_SUFFIXES`). A directory without any stays as it is, and is
+    reported as a failed source."""
+    out: list[str] = []
+    for source in map(str, sources):
+        p = Path(source).expanduser()
+        if p.is_dir():
+            found = sorted(str(f) for f in p.rglob("*")
+                           if f.is_file() and f.name.lower().endswith(MODEL_SUFFIXES) and not f.name.startswith("."))
+            out.extend(found or [source])
+        else:
+            out.append(source)
+    return out
+
+
 def model_metadata(source: str, name: str | None, row: Mapping[str, Any] | None, overrides: Mapping[str, Any],
                    mf_name: str, mf_metadata: Mapping[str, Any] | None) -> dict[str, Any]:
     """A model's metadata: ``overrides`` over its ``--meta`` row over what the source knows."""
