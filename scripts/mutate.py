@@ -154,6 +154,9 @@ MUTANTS: list[Mutant] = [
       "keep = linf >= t if inclusive else linf >= t", SHIFT_TESTS),
     M("shift-kl-one-sided", "analysis/shift.py", "return kl_divergence(p, q) + kl_divergence(q, p)",
       "return 2 * kl_divergence(p, q)", SHIFT_TESTS),
+    M("paper-eps-probability-scale", "analysis/paper.py",
+      "v = counts / widths / counts.sum(axis=-1, keepdims=True)", "v = counts / counts.sum(axis=-1, keepdims=True)",
+      SHIFT_TESTS, "epsilon on the probability scale, not the notebook's density scale"),
     # --- database writes ----------------------------------------------------------------------
     M("manifest-in-place", "db/_fs.py", 'tmp = tmp_dir / f"{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp"',
       "tmp = path", WRITE_TESTS, "the manifest is truncated and rewritten where it is"),

@@ -31,6 +31,19 @@ def test_histogram_probabilities_by_hand() -> None:
     assert got.sum() == pytest.approx(1.0, abs=1e-15)
 
 
+def test_paper_density_probabilities_by_hand() -> None:
+    """The paper's notebook puts epsilon on the density scale (np.histogram density=True)."""
+    from filterlens.analysis.paper import density_probabilities
+
+    # counts 0, 2, 6 over bins of width 0.5, 0.5, 1: density = count / width / 8 = 0, 0.5, 0.75;
+    # the empty bin becomes eps on that scale, then all are divided by 1.25 + eps.
+    got = density_probabilities(np.array([0.0, 2.0, 6.0]), np.array([0.0, 0.5, 1.0, 2.0]))
+    want = np.array([FLOAT32_EPS, 0.5, 0.75]) / (1.25 + FLOAT32_EPS)
+    np.testing.assert_allclose(got, want, rtol=1e-7)
+    # (epsilon on the probability scale would give 0, 0.25, 0.75: a different distribution)
+    assert abs(got[1] - 0.25) > 0.1
+
+
 def test_symmetric_kl_by_hand() -> None:
     # p = (1/2, 1/2), q = (1/4, 3/4): KL(p||q) = 1/2 ln 2 + 1/2 ln(2/3); KL(q||p) = 1/4 ln(1/2) + 3/4 ln(3/2)
     p, q = np.array([0.5, 0.5]), np.array([0.25, 0.75])
