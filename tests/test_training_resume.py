@@ -104,3 +104,14 @@ def test_demo_first_layer_runs_offline_on_the_bundled_sample(monkeypatch):
     assert result is not None
     assert "bundled sample of 500 CIFAR-10 test images" in note and "no CIFAR-10 data set was found" in note
     assert len(result.per_model) == sum(m.get("dataset") == "cifar10" for m in zoo.list_models())
+
+
+def test_one_output_is_trained_by_one_process_at_a_time(tmp_path):
+    from filterlens.errors import FilterlensError
+    from filterlens.robust.pipeline import _exclusive, train_and_save, train_state_path
+
+    out = tmp_path / "m.safetensors"
+    with _exclusive(train_state_path(out).with_suffix(".pt.lock")):
+        with pytest.raises(FilterlensError, match="being trained by another process"):
+            train_and_save(dataset="cifar10", arch="small_vgg8", out=out, epochs=1)
+    assert not out.exists() and not train_state_path(out).exists()

@@ -6,8 +6,9 @@ import datetime as _dt
 import inspect
 import platform
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -33,6 +34,20 @@ def train_state_path(out: str | Path) -> Path:
     """Where training of ``out`` (``x.safetensors``) keeps its per-epoch state: ``x.train-state.pt``."""
     out = Path(out)
     return out.with_name(out.stem + ".train-state.pt")
+
+
+@contextmanager
+def _exclusive(lock_file: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock_file``: one process trains one output at a time."""
+    import fcntl
+
+    with open(lock_file, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FilterlensError(f"{lock_file.name[:-len('.train-state.pt.lock')]} is being trained by another "
+                                  f"process (lock {lock_file})") from None
+        yield  # the lock goes with the file's closing; the empty file stays (unlinking it would race)
 
 
 def device_description(threads: int | None) -> str:
@@ -94,10 +109,24 @@ def train_and_save(
     :func:`train_state_path` ``(out)``; with ``resume`` an interrupted run continues from there and
     gives the weights an uninterrupted run gives. Returns the model card that was written.
     """
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        raise FilterlensError(f"--out must end in .safetensors, got {out.name}")
+    if not out.parent.is_dir():
+        raise FilterlensError(f"{out}: the folder {out.parent} does not exist")
+    with _exclusive(train_state_path(out).with_suffix(".pt.lock")):
+        return _train_and_save(
+            dataset=dataset, arch=arch, out=out, training=training, eps=eps, epochs=epochs, seed=seed,
+            n_train=n_train, data_dir=data_dir, arch_kwargs=arch_kwargs, n_eval=n_eval, n_attack=n_attack,
+            pgd_steps=pgd_steps, progress=progress, log=log, name=name, card_extra=card_extra, resume=resume,
+            **train_options)
+
+
+def _train_and_save(*, dataset, arch, out: Path, training, eps, epochs, seed, n_train, data_dir, arch_kwargs,
+                    n_eval, n_attack, pgd_steps, progress, log, name, card_extra, resume, **train_options) -> dict:
     from ..archs import create_arch
     from ..data import load_dataset
 
-    out = Path(out)
     if out.suffix != ".safetensors":
         raise FilterlensError(f"--out must end in .safetensors, got {out.name}")
     from ..data import dataset_key

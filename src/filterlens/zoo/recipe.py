@@ -118,8 +118,11 @@ def train_one(entry: ZooModel, *, out_dir: Path = WEIGHTS_DIR, threads: int = 1,
     )
 
 
-def _worker(name: str, out_dir: str, threads: int, data_dir: str | None, resume: bool) -> tuple[str, str | None]:
+def _worker(name: str, out_dir: str, threads: int, data_dir: str | None, resume: bool,
+            force: bool) -> tuple[str, str | None]:
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    if not force and (Path(out_dir) / f"{name}.safetensors").is_file():  # finished meanwhile by another run
+        return name, None
     try:
         import torch
 
@@ -224,14 +227,14 @@ def train_zoo(
     status: dict[str, str | None] = {}
     if jobs <= 1:
         for e in todo:
-            status.update([_worker(e.name, str(out_dir), threads, data_dir, resume)])
+            status.update([_worker(e.name, str(out_dir), threads, data_dir, resume, force)])
     else:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
         ctx = mp.get_context("spawn")
         with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, max_tasks_per_child=1) as pool:
-            futs = [pool.submit(_worker, e.name, str(out_dir), threads, data_dir, resume) for e in todo]
+            futs = [pool.submit(_worker, e.name, str(out_dir), threads, data_dir, resume, force) for e in todo]
             for f in as_completed(futs):
                 name, err = f.result()
                 status[name] = err
