@@ -140,6 +140,13 @@ def test_cifar10_crafted_batch_runs_nothing(tmp_path, capsys):
 @pytest.mark.parametrize("sql, says", [
     ("COPY (SELECT 1) TO '{t}/pwn.csv'", "only SELECT"),
     ("COPY models TO '{db}/tables/models.000002.parquet' (FORMAT parquet)", "only SELECT"),
+    ("EXPLAIN ANALYZE COPY (SELECT 1 AS x) TO '{db}/tables/models.000002.parquet' "
+     "(FORMAT parquet, USE_TMP_FILE false)", "only SELECT"),
+    ("EXPLAIN SELECT * FROM models", "only SELECT"),
+    ("PRAGMA table_info('models')", "only SELECT"),
+    ("CALL pragma_version()", "only SELECT"),
+    ("EXPORT DATABASE '{t}/exported'", "only SELECT"),
+    ("SELECT * FROM read_parquet('{db}/tables/models.000002.parquet')", "disabled"),
     ("SELECT 1; COPY (SELECT 1) TO '{t}/pwn.csv'", "one SQL statement"),
     ("ATTACH '{t}/pwn.duckdb' AS x", "only SELECT"),
     ("INSTALL httpfs", "only SELECT"),
@@ -355,3 +362,20 @@ def test_import_h5_says_what_was_committed_when_the_disk_fails(tmp_path, monkeyp
                                             r"and are kept: robust_wrn"):
         import_h5(src, db)
     assert list(FilterDB.open(db.path).models()["model"]) == ["robust_wrn"]
+
+
+def test_the_query_connection_itself_cannot_touch_files(tmp_path):
+    """Defence in depth: even a statement that got past the checks finds no file access."""
+    import duckdb
+
+    db = make_db(tmp_path / "db")
+    before = tree(db.path)
+    con = db._connection(db.snapshot())
+    table = db.path / db.snapshot().manifest["models_table"]
+    for sql in (f"COPY (SELECT 1 AS x) TO '{table}' (FORMAT parquet, USE_TMP_FILE false)",
+                f"SELECT * FROM read_parquet('{table}')", "SET enable_external_access = true",
+                f"ATTACH '{tmp_path}/x.duckdb'", "INSTALL httpfs"):
+        with pytest.raises(duckdb.Error):
+            con.execute(sql)
+    assert tree(db.path) == before and sorted(p.name for p in tmp_path.iterdir()) == ["db"]
+    assert con.execute("SELECT count(*) FROM filters").fetchone()[0] == 2 * (8 * 3 + 8 * 8)

@@ -5,18 +5,16 @@ A query is user text run by DuckDB, which can write files (``COPY ... TO``), cre
 network. Three rules close that:
 
 1. :func:`check_query`: exactly one statement, and it is a ``SELECT`` (``WITH``, ``VALUES``,
-   ``DESCRIBE``, ``SUMMARIZE`` and friends parse as ``SELECT``); ``EXPLAIN`` of one too.
+   ``DESCRIBE``, ``SUMMARIZE`` and friends parse as ``SELECT``).
 2. :func:`check_condition`: a ``--where``/``--groups`` condition is parsed as a single SQL
    expression and re-emitted inside parentheses, so it cannot end the statement it is put in.
-3. :func:`lock_down`: the connection's views are created first; then external access is
-   switched off except for exactly the files those views read, extension auto-install/-load is
-   off, and the configuration is locked so no statement can switch any of it back.
+3. :func:`lock_down`: the connection's views read Arrow tables and datasets registered by the
+   caller, never a path; then all file access is switched off (``enable_external_access``:
+   no ``COPY``, ``ATTACH``, ``read_csv``, URL or extension), extension auto-install/-load is off,
+   and the configuration is locked so no statement can switch any of it back.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
-from typing import Iterable
 
 from .errors import DatabaseError
 
@@ -48,8 +46,7 @@ def check_query(sql: str) -> None:
     if len(statements) > 1:
         raise DatabaseError(f"one SQL statement at a time: the query holds {len(statements)}")
     kind = statements[0].type
-    allowed = (duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN)
-    if kind not in allowed:
+    if kind != duckdb.StatementType.SELECT:  # EXPLAIN ANALYZE would run what it explains
         name = str(kind).rsplit(".", 1)[-1]
         raise DatabaseError(f"queries are read-only: only SELECT is allowed, not {name}")
 
@@ -75,9 +72,7 @@ def connect():
     return duckdb.connect(":memory:", config=dict(CONNECT_CONFIG))
 
 
-def lock_down(con, files: Iterable[Path]) -> None:
-    """After the views are made: no file access but reading ``files``; configuration locked."""
-    paths = ", ".join("'" + str(p).replace("'", "''") + "'" for p in files)
-    con.execute(f"SET allowed_paths = [{paths}]")
+def lock_down(con) -> None:
+    """After the views are made: no file or network access at all; configuration locked."""
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")

@@ -224,10 +224,6 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _sql_str(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
 def _decode_udf(w: pa.ChunkedArray, dtype: pa.ChunkedArray) -> pa.Array:
     """DuckDB scalar function: raw filter bytes + dtype name -> DOUBLE[] (exact)."""
     w = w.combine_chunks() if isinstance(w, pa.ChunkedArray) else w
@@ -248,6 +244,11 @@ def _decode_udf(w: pa.ChunkedArray, dtype: pa.ChunkedArray) -> pa.Array:
     for b, name in zip(w.to_pylist(), dtype.to_pylist()):
         out.append(None if b is None or name is None else np.frombuffer(b, storage_dtype(name)).astype(float).tolist())
     return pa.array(out, pa.list_(pa.float64()))
+
+
+#: ``filters_raw`` over filters files of any kernel shape: the fixed-size ``w`` read as bytes.
+_FILTERS_RAW_SCHEMA = pa.schema([pa.field("layer_id", pa.int64()), pa.field("filter", pa.int32()),
+                                 pa.field("w", pa.large_binary())])
 
 
 class _StaleSnapshot(Exception):
@@ -613,15 +614,13 @@ class FilterDB:
         try:
             con = self._connection(snap)
             return con.execute(sql, params).df() if params is not None else con.sql(sql).df()
-        except duckdb.IOException as exc:
-            # A writer keeps only the previous generation's tables; one that committed twice
-            # since ``snap`` was taken has removed the files it names.
+        except duckdb.Error as exc:
+            # A writer deletes the filters files of the models it removes: one that committed
+            # since ``snap`` was taken may have removed files it names.
             if self._read_manifest()["generation"] != snap.generation:
                 self._view_generation = None
                 raise _StaleSnapshot() from None
-            raise DatabaseError(f"query failed: {str(exc).splitlines()[0]}") from None
-        except duckdb.Error as exc:
-            raise DatabaseError(f"query failed: {str(exc).splitlines()[0]}") from None
+            raise DatabaseError(f"query failed: {(str(exc).strip().splitlines() or [''])[0][:300]}") from None
         except AttributeError:  # a statement without a result (e.g. SET)
             return pd.DataFrame()
 
@@ -634,29 +633,33 @@ class FilterDB:
             self.close()
             m = snap.manifest
             base = self._path
-            # the only files a query may read, each checked to resolve inside (no symlink out)
-            readable = [_fs.inside(base, m["models_table"], TABLES_DIR),
-                        _fs.inside(base, m["layers_table"], TABLES_DIR),
-                        *(_fs.inside(base, f, FILTERS_DIR) for f in m["files"])]
             self._con = con = _sql.connect()
             con.create_function("fl_decode", _decode_udf, [duckdb.sqltype("BLOB"), duckdb.sqltype("VARCHAR")],
                                 duckdb.sqltype("DOUBLE[]"), type="arrow")
-            con.execute(f"CREATE OR REPLACE VIEW models AS SELECT * FROM read_parquet({_sql_str(str(base / m['models_table']))})")
-            con.execute(f"CREATE OR REPLACE VIEW layers AS SELECT * FROM read_parquet({_sql_str(str(base / m['layers_table']))})")
+            # The views read Arrow objects registered here, never a path: the connection itself
+            # has no file access at all (see db/sql.py), so no statement can read or write one.
+            con.register("_fl_models", snap.models_table)
+            con.register("_fl_layers", snap.layers_table)
+            con.execute("CREATE OR REPLACE VIEW models AS SELECT * FROM _fl_models")
+            con.execute("CREATE OR REPLACE VIEW layers AS SELECT * FROM _fl_layers")
             con.execute(
                 "CREATE OR REPLACE VIEW layers_full AS SELECT l.*, m.source, m.sha256 AS model_sha256, m.arch, "
                 "m.dataset, m.training, m.threat_model, m.eps, m.clean_acc, m.robust_acc, m.tags "
                 "FROM layers l JOIN models m USING (model_id)")
             if m["files"]:
-                files = ", ".join(_sql_str(str(base / f)) for f in m["files"])
-                con.execute(f"CREATE OR REPLACE VIEW filters_raw AS SELECT * FROM read_parquet([{files}])")
+                import pyarrow.dataset as pads
+
+                # each file checked to resolve inside the database (no symlink out)
+                files = [str(_fs.inside(base, f, FILTERS_DIR)) for f in m["files"]]
+                con.register("_fl_filters", pads.dataset(files, schema=_FILTERS_RAW_SCHEMA, format="parquet"))
+                con.execute("CREATE OR REPLACE VIEW filters_raw AS SELECT * FROM _fl_filters")
             else:
                 con.execute("CREATE OR REPLACE VIEW filters_raw AS SELECT NULL::BIGINT AS layer_id, "
                             "NULL::INTEGER AS filter, NULL::BLOB AS w WHERE false")
             con.execute(
                 "CREATE OR REPLACE VIEW filters AS SELECT l.model, l.layer, f.layer_id, f.filter, l.kernel_h, "
                 "l.kernel_w, l.dtype, fl_decode(f.w, l.dtype) AS w FROM filters_raw f JOIN layers l USING (layer_id)")
-            _sql.lock_down(con, readable)
+            _sql.lock_down(con)
             self._view_generation = snap.generation
         return self._con
 
