@@ -6,7 +6,8 @@ defaults and downloads what is missing. filterlens reads the local file only, wi
 then applies the entry's rules from the snapshot, in RobustBench's order:
 
 1. containers: ``last`` (Kireev2021Effectiveness, Andriushchenko2020Understanding), then
-   ``state_dict`` when the dict has one (``state_dict?``);
+   ``state_dict`` when the dict has one (``state_dict?``); a file that is already a plain
+   state dict is taken as it is;
 2. prefixes: ``module.`` and ``model.`` removed (RobustBench removes them where the key
    contains them; filterlens where the key starts with them, the only place they occur), and
    ``model.`` added for ImageNet models behind the normalisation wrapper;
@@ -87,12 +88,9 @@ def apply_rules(checkpoint: object, entry: RobustBenchEntry, source: str) -> dic
         if step == "state_dict?":
             if isinstance(obj.get("state_dict"), Mapping):
                 obj = obj["state_dict"]
-        elif step in obj and isinstance(obj[step], Mapping):
+        elif isinstance(obj.get(step), Mapping):
             obj = obj[step]
-        else:
-            keys = ", ".join(map(str, list(obj)[:8]))
-            raise SourceError(f"{source}: expected the weights under {step!r} as RobustBench stores "
-                              f"{entry.name}; the checkpoint has {keys}")
+        # else: a file re-saved as a plain state dict; the key check below judges it
     if not isinstance(obj, Mapping):
         raise SourceError(f"{source}: expected a state dict, got {type(obj).__name__}")
     state = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}

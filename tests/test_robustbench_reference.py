@@ -1,0 +1,88 @@
+"""filterlens against RobustBench's own model code: same outputs, same filters.
+
+Needs a checkout of github.com/RobustBench/robustbench (``FILTERLENS_TEST_ROBUSTBENCH=<dir>``)
+and, for the ImageNet models, a copy of torchvision's ``models/resnet.py``
+(``FILTERLENS_TEST_TV_RESNET=<file>``); skipped without them. For one entry of every family,
+RobustBench's class builds the model (random weights), its ``state_dict()`` is saved in
+RobustBench's layout, and filterlens loads that file: the logits on the same input must
+equal RobustBench's, and every layer's filters must be the file's.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+import filterlens.sources.robustbench as rb
+from filterlens.sources.robustbench import find_entry
+
+RB_DIR = os.environ.get("FILTERLENS_TEST_ROBUSTBENCH")
+TV_RESNET = os.environ.get("FILTERLENS_TEST_TV_RESNET")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not RB_DIR, reason="set FILTERLENS_TEST_ROBUSTBENCH to a "
+                                                                      "checkout of RobustBench/robustbench")]
+
+CASES = [
+    ("cifar10", "Carmon2019Unlabeled"), ("cifar10", "Rice2020Overfitting"), ("cifar10", "Pang2020Boosting"),
+    ("cifar10", "Ding2020MMA"), ("cifar10", "Hendrycks2019Using"), ("cifar10", "Gowal2020Uncovering_28_10_extra"),
+    ("cifar10", "Gowal2021Improving_R18_ddpm_100m"), ("cifar10", "Andriushchenko2020Understanding"),
+    ("cifar10", "Wong2020Fast"), ("cifar100", "Rice2020Overfitting"), ("cifar10", "Addepalli2021Towards_RN18"),
+    ("cifar10", "Engstrom2019Robustness"), ("cifar10", "Huang2021Exploring"), ("cifar10", "Dai2021Parameterizing"),
+    ("cifar10", "Chen2020Adversarial"), ("imagenet", "Salman2020Do_R18"), ("imagenet", "Salman2020Do_R50"),
+    ("imagenet", "Salman2020Do_50_2"), ("imagenet", "Chen2024Data_WRN_50_2"),
+]
+
+
+@pytest.fixture(scope="module")
+def model_dicts():
+    spec = importlib.util.spec_from_file_location(
+        "robustbench_snapshot", Path(__file__).parents[1] / "scripts" / "robustbench_snapshot.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script.import_model_zoo(Path(RB_DIR), Path(TV_RESNET) if TV_RESNET else None)
+
+
+def _randomize(module: torch.nn.Module, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in module.state_dict().items():
+            if t.dtype.is_floating_point and not name.endswith(("mu", "sigma", "mean", "std")):
+                t.copy_(torch.randn(t.shape, generator=g) * (0.05 if t.dim() > 1 else 1.0))
+                if name.endswith("running_var"):
+                    t.abs_().add_(0.5)
+
+
+@pytest.mark.parametrize("dataset, name", CASES)
+def test_same_outputs_and_filters_as_robustbench(model_dicts, tmp_path, monkeypatch, dataset, name):
+    if dataset == "imagenet" and not TV_RESNET:
+        pytest.skip("set FILTERLENS_TEST_TV_RESNET to a copy of torchvision/models/resnet.py")
+    from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
+
+    torch.set_num_threads(1)
+    spec = model_dicts[BenchmarkDataset(dataset)][ThreatModel("Linf")][name]
+    theirs = spec["model"]().eval()
+    _randomize(theirs, 0)
+    entry = find_entry(name, dataset)
+    folder = tmp_path / dataset / "Linf"
+    folder.mkdir(parents=True)
+    if entry.is_ensemble:
+        for i, member in enumerate(theirs.models):
+            torch.save({"state_dict": member.state_dict()}, folder / entry.files[i])
+    else:
+        state = theirs.state_dict()
+        if entry.add_prefix:  # RobustBench's ImageNet files hold the bare network's keys
+            state = {k[len(entry.add_prefix):]: v for k, v in state.items() if k.startswith(entry.add_prefix)}
+        torch.save({"last": state, "best": {}} if "last" in entry.container else state, folder / entry.files[0])
+    ours = rb.load_entry_module(entry, tmp_path)
+    size = 224 if dataset == "imagenet" else 32
+    x = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), theirs(x), rtol=1e-4, atol=1e-5)
+    mf = rb.model_filters(entry, ours, name, f"robustbench:{name}")
+    theirs_convs = {n: m.weight for n, m in theirs.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    assert {l.name for l in mf.layers} == set(theirs_convs)
+    for layer in mf.layers:
+        assert torch.equal(torch.from_numpy(layer.weight), theirs_convs[layer.name].detach())
