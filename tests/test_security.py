@@ -103,6 +103,30 @@ def test_import_h5_hostile_node_attribute_runs_nothing(tmp_path, capsys):
     assert not (tmp_path / "db").exists()  # the database this command would have made is not left behind
 
 
+def test_import_h5_reads_no_data_from_other_files(tmp_path, capsys):
+    import h5py
+
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(np.arange(36, dtype=np.float32).tobytes())
+    src = tmp_path / "dataset.h5"
+    write_fixed_h5(src)
+    with h5py.File(src, "a") as f:
+        del f["filters"]
+        f.create_dataset("filters", shape=(1, 3, 3), dtype=np.float32, external=[(str(secret), 0, 36)])
+    code, _, err = run_cli(capsys, "db", "import-h5", src, "--db", tmp_path / "db")
+    assert code == 1
+    assert_one_error_line(err, "refers to data outside the file")
+    other = tmp_path / "other.h5"
+    with h5py.File(other, "w") as f:
+        f.create_dataset("filters", data=np.zeros((100, 3, 3), np.float32))
+    with h5py.File(src, "a") as f:
+        del f["filters"]
+        f["filters"] = h5py.ExternalLink(str(other), "/filters")
+    code, _, err = run_cli(capsys, "db", "import-h5", src, "--db", tmp_path / "db")
+    assert code == 1
+    assert_one_error_line(err, "refers to data outside the file")
+
+
 # --------------------------------------------------------------------------------------------
 # 2. the CIFAR-10 python archive
 

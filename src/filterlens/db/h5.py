@@ -199,6 +199,10 @@ def import_h5(
         if ds_name is None:
             raise DatabaseError(f"{path}: no 'filters' dataset")
         ds = h5[ds_name]
+        if (not isinstance(h5.get(ds_name, getlink=True), h5py.HardLink) or ds.external
+                or getattr(ds, "is_virtual", False)):  # data read from other files is not this file's
+            raise DatabaseError(f"{path}: the '{ds_name}' dataset refers to data outside the file (an external "
+                                "link, external storage or a virtual dataset); refusing to read it")
         if ds.ndim == 3:
             kh, kw = int(ds.shape[1]), int(ds.shape[2])
         elif ds.ndim == 2 and ds.shape[1] == 9:
