@@ -46,7 +46,8 @@ def _decode_all(items: list[tuple[str, str, bytes | Path]], mode: str, label: st
     from rich.console import Console
 
     with Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(),
+        TimeRemainingColumn(),
         transient=True, console=Console(stderr=True),
     ) as progress:
         task = progress.add_task(label, total=len(items))

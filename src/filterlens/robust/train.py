@@ -290,7 +290,7 @@ def train_model(
 
             from rich.console import Console
 
-            bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            bar = Progress(TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(),
                            TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[stats]}"),
                            console=Console(stderr=True))
             task = bar.add_task(description, total=total, stats="")
