@@ -71,6 +71,8 @@ def extract(
     training: Optional[str] = typer.Option(None, "--training", help="normal | adversarial | unknown."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Training data set, e.g. cifar10."),
     threat_model: Optional[str] = typer.Option(None, "--threat-model", help="e.g. Linf, L2."),
+    model_dir: Optional[Path] = typer.Option(None, "--model-dir", help="robustbench:NAME weights: <dir>/<dataset>/"
+                                             "<threat_model>/<name>.pt (default $FILTERLENS_ROBUSTBENCH_DIR or ./models)."),
     eps: Optional[str] = typer.Option(None, "--eps", help="Perturbation budget, e.g. 8/255 or 0.031."),
     tags: Optional[str] = typer.Option(None, "--tags", help="Comma-separated tags."),
     meta_file: Optional[Path] = typer.Option(None, "--meta", help="CSV of per-model metadata (columns as the "
@@ -102,6 +104,8 @@ def extract(
     overrides = {k: v for k, v in {"training": training, "dataset": dataset, "threat_model": threat_model,
                                    "eps": eps, "tags": tags}.items() if v is not None}
     normalize_metadata(overrides)  # reject bad values before any work
+    if model_dir is not None:  # read by the robustbench: loader, here and in local workers
+        os.environ["FILTERLENS_ROBUSTBENCH_DIR"] = str(model_dir)
     if workers is not None and scheduler:
         raise FilterlensError("give --workers (a local cluster) or --scheduler (a running one), not both")
     if workers is not None and workers < 1:
