@@ -295,3 +295,16 @@ def test_compare_takes_the_papers_pairs_csv_and_names_its_procedure(replay, tmp_
     assert any(r["divergence_null"] is not None for r in variant["shift"])
     res = runner.invoke(app, base + ["--shift-procedure", "bogus"])
     assert res.exit_code != 0
+
+
+def test_transposed_conv_modules_take_no_part_in_depth_levels():
+    """A torch module with a ConvTranspose2d between convs: the same levels as without it."""
+    import torch.nn as nn
+
+    from filterlens.sources.torch_module import from_module
+
+    with_t = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.ConvTranspose2d(4, 4, 2, stride=2), nn.Conv2d(4, 4, 3),
+                           nn.Conv2d(4, 4, 3))
+    layers = {l.name: l for l in from_module(with_t).layers}
+    assert layers["2"].transposed and layers["2"].conv_depth is None and layers["2"].conv_depth_norm is None
+    assert [(layers[n].conv_depth, layers[n].conv_depth_norm) for n in ("0", "3", "4")] == [(0, 0.0), (1, 0.5), (2, 1.0)]
