@@ -52,11 +52,8 @@ def reproduce_cmd(
 ) -> None:
     """Reproduce the paper's numbers from its published filter data, beside the published values.
 
-    Imports DATASET.h5 into a filter database (streamed, model by model; an interrupted import
-    resumes and a finished one is reused), replays the notebooks' procedures in streamed passes,
-    prints every number of the paper with the published value, and writes an HTML report with
-    the paper's figures redrawn.
-    """
+    Imports DATASET.h5 into a filter database (model by model: an interrupted import resumes, a finished one is reused), replays the notebooks' procedures in streamed passes, prints every number with the published value and writes an HTML report with the paper's figures redrawn.
+    """  # noqa: E501  (one paragraph: the help text wraps it)
     from ..reproduce import reproduce
 
     if fmt not in FORMATS:
