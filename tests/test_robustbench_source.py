@@ -148,6 +148,7 @@ def test_trades_wrn_with_unused_sub_block1(model_dir, monkeypatch):
     assert unused and all(l.depth is None and l.conv_depth is None for l in unused)
     assert all(l.conv_depth is not None for l in mf.layers if not l.name.startswith("sub_block1."))
     assert any("never used" in w for w in mf.warnings)
+    assert mf.metadata["extra"]["unused_layers"] == [l.name for l in unused]
     md = mf.metadata
     assert (md["clean_acc"], md["robust_acc"], md["eps"]) == (0.8969, 0.5953, 8 / 255)
     assert md["arch"] == "WideResNet-28-10" and "extra_data" in md["tags"]
@@ -358,6 +359,8 @@ def test_list_paper(capsys, model_dir):
     assert code == 0 and "Salman2020Do_50_2" in out and "tv-wide-resnet50-2" in out
     code, out, err = run_cli(capsys, "robustbench", "list", "--dataset", "mnist")
     assert code == 1 and "unknown RobustBench data set" in err
+    code, out, err = run_cli(capsys, "robustbench", "list", "--threat-model", "L2")
+    assert code == 1 and err.count("\n") == 1 and "covers the Linf leaderboards, not 'L2'" in err
 
 
 def test_download_offline_says_where(capsys, model_dir, monkeypatch):

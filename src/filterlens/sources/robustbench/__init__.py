@@ -44,7 +44,11 @@ def load_robustbench(
     paths = weight_paths(entry, model_dir)
     mf = model_filters(entry, module, name or rb_name, f"robustbench:{rb_name}")
     mf.metadata = entry_metadata(entry)
-    mf.metadata.setdefault("extra", {})["weights"] = [str(p.resolve()) for p in paths]
+    extra = mf.metadata.setdefault("extra", {})
+    extra["weights"] = [str(p.resolve()) for p in paths]
+    unused = [l.name for l in mf.layers if l.depth is None]
+    if unused:  # never called by the forward pass (sub_block1): no depth, as science.md says
+        extra["unused_layers"] = unused
     return mf
 
 

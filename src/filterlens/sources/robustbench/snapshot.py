@@ -98,6 +98,8 @@ def list_entries(dataset: str | None = None, threat_model: str | None = None,
     """Entries of the snapshot, optionally of one data set / threat model / the paper's 71."""
     if dataset is not None:
         check_dataset(dataset)
+    if threat_model is not None:
+        check_threat_model(threat_model)
     return [e for e in _snapshot()[1]
             if (dataset is None or e.dataset == dataset)
             and (threat_model is None or e.threat_model.lower() == threat_model.lower())
@@ -110,14 +112,19 @@ def check_dataset(dataset: str) -> str:
     return dataset
 
 
+def check_threat_model(threat_model: str) -> str:
+    threats = sorted({e.threat_model for e in _snapshot()[1]})
+    if threat_model.lower() not in {t.lower() for t in threats}:
+        raise SourceError(f"the RobustBench snapshot covers the {', '.join(threats)} leaderboards, "
+                          f"not {threat_model!r}")
+    return threat_model
+
+
 def find_entry(name: str, dataset: str = "cifar10", threat_model: str = "Linf") -> RobustBenchEntry:
     """The entry ``name`` of ``dataset``/``threat_model``; one clear line when there is none
     (the closest names, or the data sets where the name does exist)."""
     check_dataset(dataset)
-    threats = {e.threat_model.lower(): e.threat_model for e in _snapshot()[1]}
-    if threat_model.lower() not in threats:
-        raise SourceError(f"robustbench:{name}: the snapshot covers the {', '.join(sorted(set(threats.values())))} "
-                          f"leaderboards, not {threat_model!r}")
+    check_threat_model(threat_model)
     board = list_entries(dataset, threat_model)
     for e in board:
         if e.name == name:
