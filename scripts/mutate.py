@@ -168,6 +168,11 @@ MUTANTS: list[Mutant] = [
       'fl_result, fl_note = zoo_first_layer(n_boot=n_boot) if first_layer else (None, "first-layer study not run")',
       'fl_result, fl_note = None, "first-layer study not run"', ["tests/test_demo.py"],
       "the demo silently drops the first-layer section (killed only where CIFAR-10 is found)"),
+    M("demo-comparison-in-place", "demo.py", 'write_text_atomic(comparison, result.to_json() + "\\n")',
+      'comparison.write_text(result.to_json() + "\\n")', WRITE_TESTS),
+    M("demo-record-in-place", "demo.py", "    write_text_atomic(out_dir / RECORD, json.dumps(",
+      "    (out_dir / RECORD).write_text(json.dumps(", WRITE_TESTS,
+      "a truncated record makes the next rerun refuse its own folder"),
     # --- output files -------------------------------------------------------------------------
     M("cli-output-in-place", "cli/console.py", "        yield Path(tmp)\n        os.replace(tmp, path)\n",
       "        yield path\n        os.unlink(tmp)\n", WRITE_TESTS),

@@ -316,6 +316,45 @@ def test_save_figure(tmp_path, monkeypatch):
     _both_faults(lambda: save_figure(fig, tmp_path / "fig"), targets, monkeypatch)
 
 
+def test_demo_rerun_that_fails_keeps_the_previous_outputs(tmp_path, monkeypatch, comparison):
+    """A demo rerun that fails half-way keeps the previous run's files and its record (so the
+    next rerun is still allowed to replace them). The zoo, comparison and figures are stubbed."""
+    import importlib
+
+    from filterlens import demo
+    from filterlens.report import html
+
+    class _DB:
+        def models(self):
+            return comparison.models
+
+        def layers(self):
+            return pd.DataFrame({"model": ["m"] * 100, "layer": [f"l{i}" for i in range(100)]})
+
+    compare_module = importlib.import_module("filterlens.analysis.compare")
+    monkeypatch.setattr(demo, "build_zoo_db", lambda *a, **kw: _DB())
+    monkeypatch.setattr(compare_module, "compare", lambda *a, **kw: comparison)
+    monkeypatch.setattr(compare_module, "chunks_from", lambda db: None)
+    monkeypatch.setattr(html, "build_figures", lambda *a, **kw: {})
+    out = tmp_path / "demo"
+    demo.run_demo(out, n_boot=10, first_layer=False)
+    names = ["report.html", "comparison.json", "layers.csv", demo.RECORD]
+    before = {n: (out / n).read_bytes() for n in names}
+    outputs = lambda dest: not dest.endswith(demo.RECORD)  # noqa: E731 - the record's own rename works
+    faults = [lambda: renames_fail(monkeypatch, outputs), lambda: disk_full_after(64)]
+    # and each output interrupted in the middle of its own write (the ones before it are replaced)
+    faults += [lambda n=n: python_writes_fail(monkeypatch, n, 10) for n in ("report.html", "comparison.json",
+                                                                            "layers.csv")]
+    for i, fault in enumerate(faults):
+        with fault(), pytest.raises(Exception):
+            demo.run_demo(out, n_boot=10, first_layer=False)
+        kept = ["report.html", "comparison.json", "layers.csv"][max(i - 2, 0):]
+        for n in kept:
+            assert (out / n).read_bytes() == before[n], n
+        demo.run_demo(out, n_boot=10, first_layer=False)  # the record still lets a rerun through
+        before = {n: (out / n).read_bytes() for n in names}
+
+
 # --- model files, caches ------------------------------------------------------------------------
 
 def test_model_file_and_card(tmp_path, monkeypatch):

@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
+from .atomic import atomic_path, write_text_atomic
 from .errors import FilterlensError
 from .training import ADVERSARIAL, training_label
 
@@ -81,7 +82,7 @@ def _check_out_dir(out_dir: Path) -> None:
 def _write_record(out_dir: Path) -> None:
     """Fingerprint the demo outputs now in ``out_dir`` (all written, or checked, by this run)."""
     names = [n for n in OUTPUTS if (out_dir / n).exists()]
-    (out_dir / RECORD).write_text(json.dumps({n: _fingerprint(out_dir / n) for n in names}, indent=1) + "\n")
+    write_text_atomic(out_dir / RECORD, json.dumps({n: _fingerprint(out_dir / n) for n in names}, indent=1) + "\n")
 
 
 def _fresh_dir(path: Path) -> None:
@@ -179,13 +180,20 @@ def run_demo(out_dir: Path, n_boot: int = 2000, on_model: Callable[[str], None] 
 
         result.claims = with_first_layer(result.claims, first_layer_claims(fl_result.stats), "cifar10")
     report = out_dir / "report.html"
+    # Each output is replaced atomically (a failed rerun keeps the previous file) and recorded
+    # at once, so a rerun after a failure half-way may still replace what this run wrote.
     write_html(result, report, layers=layers, filter_chunks_fn=chunks, first_layer=fl_result,
                title="filterlens demo: the bundled zoo, robust vs normal")
-    comparison = out_dir / "comparison.json"
-    comparison.write_text(result.to_json() + "\n")
-    layers.to_csv(out_dir / "layers.csv", index=False)
-    if fl_result is not None:
-        fl_result.per_model.to_csv(out_dir / "first_layer.csv", index=False)
     _write_record(out_dir)
+    comparison = out_dir / "comparison.json"
+    write_text_atomic(comparison, result.to_json() + "\n")
+    _write_record(out_dir)
+    with atomic_path(out_dir / "layers.csv") as tmp:
+        layers.to_csv(tmp, index=False)
+    _write_record(out_dir)
+    if fl_result is not None:
+        with atomic_path(out_dir / "first_layer.csv") as tmp:
+            fl_result.per_model.to_csv(tmp, index=False)
+        _write_record(out_dir)
     return {"db": out_dir / DB_NAME, "report": report, "comparison": comparison, "result": result,
             "first_layer": fl_result}
