@@ -143,7 +143,8 @@ def open_database(h5: str | os.PathLike, db_path: str | os.PathLike | None = Non
     fp = _fingerprint(h5)
     from ..db.h5 import _read_meta
 
-    _read_meta(h5)  # a file that is not in the published layout fails here, before any database is made
+    meta, _ = _read_meta(h5)  # a file that is not in the published layout fails here, before any database is made
+    n_models_in_file = int(meta.index.get_level_values("model_id").nunique())
     if path.exists() and any(path.iterdir()) if path.is_dir() else path.exists():
         db = FilterDB.open(path)
         src = db.attrs().get(SOURCE_ATTR)
@@ -165,7 +166,7 @@ def open_database(h5: str | os.PathLike, db_path: str | os.PathLike | None = Non
     def on_model(name: str, state: str) -> None:
         n_models[0] += 1
         if progress:
-            progress("importing models", 1, 0)
+            progress("importing models", 1, n_models_in_file)
 
     try:
         import_h5(h5, db, measure=True, on_model=on_model)
