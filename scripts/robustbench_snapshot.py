@@ -313,8 +313,7 @@ def describe(module, num_classes: int) -> tuple[str | None, dict, str]:
         if cls not in ("WideResNet",) and stats is None and cls not in ("Hendrycks2019UsingNet", "Ding2020MMANet"):
             return None, {}, f"{cls}: forward differs from the TRADES WideResNet"
         return f"wrn-{depth}-{width}", kw, cls
-    if "PreActResNet" in mro and type(module).__module__.endswith("architectures.resnet") or \
-            ("PreActResNet" in mro and cls != "PreActResNet"):
+    if "PreActResNet" in mro and hasattr(module, "layer1"):
         blocks = [len(getattr(module, f"layer{i}")) for i in range(1, 5)]
         block = type(module.layer1[0]).__name__
         if blocks != [2, 2, 2, 2] or block not in ("PreActBlock", "PreActBlockV2"):
@@ -483,8 +482,9 @@ def main(argv=None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(snapshot, indent=1, sort_keys=False) + "\n")
     args.signatures.parent.mkdir(parents=True, exist_ok=True)
-    with gzip.open(args.signatures, "wt") as f:
-        json.dump({"entries": sig_of, "signatures": sigs}, f, sort_keys=True)
+    payload = json.dumps({"entries": sig_of, "signatures": sigs}, sort_keys=True).encode()
+    with open(args.signatures, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as f:
+        f.write(payload)  # mtime=0: the same sources give the same bytes
     n_arch = sum(e["arch"] is not None for e in entries)
     print(f"{len(entries)} entries ({n_arch} with a filterlens architecture, "
           f"{sum(e['paper'] is not None for e in entries)} of the paper) -> {args.out}")

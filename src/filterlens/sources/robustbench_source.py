@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .robustbench import (DEFAULT_MODEL_DIR, entry_metadata, find_entry, load_robustbench, model_root,
-                          weight_paths)
+from .robustbench import DEFAULT_MODEL_DIR, entry_metadata, find_entry, load_robustbench, model_root
 
 __all__ = ["DEFAULT_MODEL_DIR", "leaderboard_metadata", "load_robustbench", "robustbench_weights_path"]
 
