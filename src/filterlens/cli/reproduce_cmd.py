@@ -44,7 +44,8 @@ def reproduce_cmd(
     db: Optional[Path] = typer.Option(None, "--db", help="Filter database to import into, or reuse "
                                       "(default: DATASET.filterdb beside the file)."),
     out_path: Optional[Path] = typer.Option(None, "--out", "-o", help="Report directory (default "
-                                            "reproduce-DATASET/), or FILE.json with --format json."),
+                                            "reproduce-DATASET/ for the table format), or FILE.json with "
+                                            "--format json."),
     fmt: str = typer.Option("table", "--format", "-f", help="table | json (json goes to stdout unless "
                             "--out FILE.json)."),
     no_report: bool = typer.Option(False, "--no-report", help="Skip the HTML report."),
@@ -65,7 +66,8 @@ def reproduce_cmd(
     json_file = out_path if out_path is not None and out_path.suffix.lower() == ".json" else None
     if json_file is not None and fmt != "json":
         raise FilterlensError("--out FILE.json needs --format json (the table format writes a report directory)")
-    report_dir = None if (json_file is not None or no_report) else (
+    # the report goes to --out DIR, or reproduce-DATASET/ for the table format (json to stdout writes none)
+    report_dir = None if (json_file is not None or no_report or (fmt == "json" and out_path is None)) else (
         out_path or Path(f"reproduce-{dataset.stem}"))
     if report_dir is not None and report_dir.exists() and not report_dir.is_dir():
         raise FilterlensError(f"--out {report_dir}: exists and is not a directory")
