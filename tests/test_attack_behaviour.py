@@ -146,6 +146,21 @@ def test_fgsm_rs_inner_attack_raises_the_loss(normal_model, test_set) -> None:
     assert clean_accuracy(normal_model, x_adv, y) < 0.5
 
 
+def test_training_attacks_start_uniformly_in_the_ball(normal_model, test_set) -> None:
+    """FGSM-RS and PGD training start at a uniform point of the eps-ball (Wong et al. 2020; Madry
+    et al. 2018): with no step taken, the start is all that is left. |U(-eps, eps)| has mean eps/2."""
+    x, y = test_set
+    x = x.clamp(EPS, 1 - EPS)  # no pixel near the box, so no clipping
+    for attack in (lambda g: _fgsm_rs(normal_model, x, y, EPS, 0.0, g),
+                   lambda g: _pgd_train(normal_model, x, y, EPS, EPS / 4, 0, g)):
+        d1 = attack(torch.Generator().manual_seed(0)) - x
+        d2 = attack(torch.Generator().manual_seed(1)) - x
+        assert float(d1.abs().max()) <= EPS + 1e-6
+        assert float(d1.abs().mean()) == pytest.approx(EPS / 2, rel=0.05)
+        assert float(d1.mean()) == pytest.approx(0.0, abs=0.01 * EPS)  # symmetric
+        assert not torch.equal(d1, d2)
+
+
 def test_pgd_inner_attack_raises_the_loss(normal_model, test_set) -> None:
     x, y = test_set
     x_adv = _pgd_train(normal_model, x, y, EPS, 2.5 * EPS / 3, 3, torch.Generator().manual_seed(0))
