@@ -279,7 +279,7 @@ def test_imagenet_resnet18_behind_the_wrapper(model_dir):
     net = create_arch("tv-resnet18")
     state = random_state(net)
     save(model_dir, entry, {"model": None, "state_dict": {f"module.{k}": v for k, v in state.items()}})
-    mf = load_robustbench("robustbench:Salman2020Do_R18", dataset="imagenet")
+    mf = load_robustbench("robustbench:imagenet/Salman2020Do_R18")  # the data set in the spec
     check_measures(mf, conv_tensors(state, net, "model."))
     first = [l for l in mf.layers if l.conv_depth == 0]
     assert [l.name for l in first] == ["model.conv1"] and first[0].kernel_size == (7, 7)

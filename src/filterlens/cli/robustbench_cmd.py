@@ -51,17 +51,18 @@ def list_cmd(
 
 @app.command("download")
 def download_cmd(
-    names: List[str] = typer.Argument(..., help="RobustBench model names.", show_default=False),
+    names: List[str] = typer.Argument(..., help="RobustBench model names (NAME or <dataset>/NAME).",
+                                      show_default=False),
     dataset: str = typer.Option("cifar10", "--dataset", help="cifar10 | cifar100 | imagenet."),
     threat_model: str = typer.Option("Linf", "--threat-model", help="e.g. Linf."),
     model_dir: Optional[Path] = _model_dir_option(),
     force: bool = typer.Option(False, "--force", help="Download again even when a valid file is present."),
 ) -> None:
     """Fetch missing weights with gdown and verify them; offline, say what to download by hand."""
-    from ..sources.robustbench import find_entry
+    from ..sources.robustbench import find_entry, parse_spec
     from ..sources.robustbench.download import download
 
-    entries = [find_entry(n.removeprefix("robustbench:"), dataset, threat_model) for n in names]  # all names first
+    entries = [find_entry(*parse_spec(n, dataset, threat_model)) for n in names]  # check every name first
     failed = 0
     for entry in entries:
         if entry.arch is None:

@@ -16,12 +16,12 @@ import pandas as pd
 from ...types import ModelFilters
 from .loading import (DEFAULT_MODEL_DIR, MODEL_DIR_ENV, load_entry_module, model_filters, model_root,
                       weight_paths)
-from .snapshot import (DATASETS, RobustBenchEntry, entry_metadata, find_entry, list_entries,
+from .snapshot import (DATASETS, RobustBenchEntry, entry_metadata, find_entry, list_entries, parse_spec,
                        snapshot_source)
 
 __all__ = [
     "DATASETS", "DEFAULT_MODEL_DIR", "MODEL_DIR_ENV", "RobustBenchEntry", "entries_table", "entry_metadata",
-    "find_entry", "list_entries", "load_robustbench", "model_root", "paper_pairs", "snapshot_source",
+    "find_entry", "list_entries", "load_robustbench", "model_root", "paper_pairs", "parse_spec", "snapshot_source",
     "weight_paths",
 ]
 
@@ -33,12 +33,13 @@ def load_robustbench(
     threat_model: str = "Linf",
     model_dir: str | Path | None = None,
 ) -> ModelFilters:
-    """Load ``robustbench:NAME`` of ``dataset``/``threat_model`` from local weights.
+    """Load ``robustbench:NAME`` of ``dataset``/``threat_model`` from local weights
+    (``robustbench:<dataset>/NAME`` names the data set in the spec itself).
 
     The returned :class:`~filterlens.types.ModelFilters` carries the leaderboard metadata
     (accuracies as fractions) for the models table.
     """
-    rb_name = spec.split(":", 1)[1] if spec.startswith("robustbench:") else spec
+    rb_name, dataset, threat_model = parse_spec(spec, dataset, threat_model)
     entry = find_entry(rb_name, dataset, threat_model)
     module = load_entry_module(entry, model_dir)
     paths = weight_paths(entry, model_dir)

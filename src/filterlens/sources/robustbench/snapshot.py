@@ -120,6 +120,20 @@ def check_threat_model(threat_model: str) -> str:
     return threat_model
 
 
+def parse_spec(spec: str, dataset: str = "cifar10", threat_model: str = "Linf") -> tuple[str, str, str]:
+    """``robustbench:NAME``, ``robustbench:<dataset>/NAME`` or ``robustbench:<dataset>/<threat>/NAME``
+    (RobustBench's folder layout) -> ``(name, dataset, threat_model)``; the spec's parts win."""
+    body = spec.split(":", 1)[1] if spec.startswith("robustbench:") else spec
+    parts = body.split("/")
+    if len(parts) == 2:
+        return parts[1], parts[0], threat_model
+    if len(parts) == 3:
+        return parts[2], parts[0], parts[1]
+    if len(parts) > 3:
+        raise SourceError(f"{spec}: expected robustbench:NAME or robustbench:<dataset>[/<threat_model>]/NAME")
+    return body, dataset, threat_model
+
+
 def find_entry(name: str, dataset: str = "cifar10", threat_model: str = "Linf") -> RobustBenchEntry:
     """The entry ``name`` of ``dataset``/``threat_model``; one clear line when there is none
     (the closest names, or the data sets where the name does exist)."""
