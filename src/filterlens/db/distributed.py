@@ -30,7 +30,7 @@ from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 
 import pyarrow as pa
 
@@ -68,6 +68,11 @@ if TYPE_CHECKING:
 
 #: Environment variable naming the scheduler that ``--scheduler`` defaults to.
 SCHEDULER_ENV = "FILTERLENS_SCHEDULER"
+#: Worker resource that, where every worker has one unit of it (``dask worker --resources
+#: filterlens=1``; local clusters have it), keeps one task at a time on each worker: when a
+#: worker dies, Dask then holds only the model it was running responsible, not the models
+#: queued behind it.
+RESOURCE = "filterlens"
 _RUN_MARKER = "run"
 
 
@@ -109,11 +114,10 @@ def connect(workers: int | None = None, scheduler: str | None = None) -> Iterato
     if sys.platform == "linux":
         preload()
         config["distributed.worker.multiprocessing-method"] = "fork"
-    with dask.config.set(config):
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                               silence_logs=logging.ERROR)
-    with cluster, Client(cluster) as client:
-        yield client
+    with dask.config.set(config):  # for the cluster's life: a worker that died is forked again
+        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                          silence_logs=logging.ERROR, resources={RESOURCE: 1}) as cluster, Client(cluster) as client:
+            yield client
 
 
 def preload() -> None:
@@ -290,6 +294,7 @@ def stage_model(prep: Prepared, meta: dict, name: str, model_id: int, layer_id0:
         pieces = [(layer_id0 + i, _filters_of(mf.layers[i])) for i in idx]
         offsets = write_filters_file(tmp, pieces, metadata={"filterlens": json.dumps(
             {"model": name, "model_id": model_id, "kernel": [kh, kw], "dtype": dtname})})
+        _fs.fsync_file(tmp)  # here, in parallel; the client's fsync before the rename is then cheap
         for i, off in zip(idx, offsets):
             file_of[i], offset_of[i] = rel, off
     layer_rows = [_layer_row(mf, i, layer_id0 + i, model_id, name, file_of[i], offset_of[i], digests[i], metrics[i],
@@ -313,23 +318,28 @@ def stage_model(prep: Prepared, meta: dict, name: str, model_id: int, layer_id0:
 # the client: one writer
 
 
-def commit_staged(db: FilterDB, staged: Staged) -> None:
-    """Commit one staged model (the caller holds the writers' lock): rename its files into
-    place and replace the manifest, as :meth:`FilterDB.add` does."""
+def commit_staged(db: FilterDB, staged: Sequence[Staged]) -> None:
+    """Commit staged models, consecutive in id, at once (the caller holds the writers' lock):
+    rename their files into place and replace the manifest, as :meth:`FilterDB.add` does for
+    one. All or none of them appear."""
     snap = db.snapshot()
     m = snap.manifest
-    if (int(m["next_model_id"]), int(m["next_layer_id"])) != (staged.model_id, staged.layer_id0):
-        raise DatabaseError(f"{db.path}: the database changed during the extraction (ids "
-                            f"{m['next_model_id']}/{m['next_layer_id']}, staged for {staged.model_id}/"
-                            f"{staged.layer_id0})")
-    row = dict(staged.model_row, added_at=_now())
-    models_t = pa.concat_tables([snap.models_table, pa.Table.from_pylist([row], MODELS_SCHEMA)],
+    expected = (int(m["next_model_id"]), int(m["next_layer_id"]))
+    for st in staged:
+        if (st.model_id, st.layer_id0) != expected:
+            raise DatabaseError(f"{db.path}: the database changed during the extraction (next ids "
+                                f"{expected[0]}/{expected[1]}, staged for {st.model_id}/{st.layer_id0})")
+        expected = (st.model_id + 1, st.layer_id0 + st.n_layers)
+    now = _now()
+    rows = [dict(st.model_row, added_at=now) for st in staged]
+    models_t = pa.concat_tables([snap.models_table, pa.Table.from_pylist(rows, MODELS_SCHEMA)],
                                 promote_options="default")
-    layers_t = pa.concat_tables([snap.layers_table, pa.Table.from_pylist(staged.layer_rows, LAYERS_SCHEMA)],
-                                promote_options="default")
-    _fs.replace_durably([(Path(tmp), db.path / rel) for tmp, rel in staged.files])
-    db._commit(snap, models_t, layers_t, m["files"] + [rel for _, rel in staged.files],
-               next_model_id=staged.model_id + 1, next_layer_id=staged.layer_id0 + staged.n_layers)
+    layers_t = pa.concat_tables([snap.layers_table, pa.Table.from_pylist(
+        [r for st in staged for r in st.layer_rows], LAYERS_SCHEMA)], promote_options="default")
+    files = [(Path(tmp), rel) for st in staged for tmp, rel in st.files]
+    _fs.replace_durably([(tmp, db.path / rel) for tmp, rel in files])
+    db._commit(snap, models_t, layers_t, m["files"] + [rel for _, rel in files],
+               next_model_id=expected[0], next_layer_id=expected[1])
 
 
 @dataclass
@@ -348,6 +358,7 @@ class _Item:
     header: Header | None = None
     shipped: bool = False
     staged: Any = None  # future of Staged (or of Prepared, when the worker cannot see the database)
+    staged_value: Any = None  # its result, fetched as soon as it is done
     meta: dict | None = None
     name: str | None = None
     ids: tuple[int, int] | None = None  # (model id, first layer id), once given
@@ -419,6 +430,9 @@ class _Run:
         self.next_ids: list[int] = []
         self.staging: Path = Path()
         self.token = ""
+        workers = client.scheduler_info().get("workers", {}).values()
+        self.resources = {RESOURCE: 1} if workers and all(
+            (w.get("resources") or {}).get(RESOURCE, 0) >= 1 for w in workers) else None
 
     # -- dispatch ---------------------------------------------------------------------------
 
@@ -449,8 +463,8 @@ class _Run:
         args = [item.source, item.path, item.arch, item.wanted, item.rb_meta, self.opts]
         if payload is not None:
             args.append(self.client.scatter(payload, direct=True))
-        item.prep = self.client.submit(prepare, *args, pure=False)
-        item.head = self.client.submit(header_of, item.prep, pure=False)
+        item.prep = self.client.submit(prepare, *args, pure=False, resources=self.resources)
+        item.head = self.client.submit(header_of, item.prep, pure=False, resources=self.resources)
         self.watch(item.head, "head", item)
 
     def submit_stage(self, item: _Item, ids: tuple[int, int] | None = None) -> None:
@@ -463,8 +477,9 @@ class _Run:
             self.next_ids[0] += 1
             self.next_ids[1] += item.header.n_layers
         item.ids = ids
+        item.staged_value = None
         item.staged = self.client.submit(stage, item.prep, item.meta, item.name, *item.ids, str(self.db.path),
-                                         str(self.staging), self.token, pure=False)
+                                         str(self.staging), self.token, pure=False, resources=self.resources)
         self.watch(item.staged, "stage", item)
 
     def watch(self, fut, kind: str, item: _Item) -> None:
@@ -525,21 +540,37 @@ class _Run:
                 later.staged.cancel()
                 self.submit_stage(later)
 
-    def commit(self, item: _Item) -> None:
-        value = item.staged.result()
-        try:
+    def commit(self, batch: list[_Item]) -> None:
+        """Commit the staged models of ``batch`` (consecutive in source order) in one step; if
+        that fails, one by one, so that only a model that cannot be committed fails."""
+        staged = []
+        for item in batch:
+            value = item.staged_value
             if isinstance(value, Prepared):  # the worker cannot see the database: stage it here
-                value = stage_model(value, item.meta, item.name, *item.ids, self.db.path, self.staging)
-            commit_staged(self.db, value)
+                try:
+                    value = stage_model(value, item.meta, item.name, *item.ids, self.db.path, self.staging)
+                except Exception as exc:  # e.g. the disk is full: this model fails, the others go on
+                    item.result = failure_result(item.source, item.name, exc, self.skip_existing)
+                    break
+            staged.append(value)
+        batch = batch[:len(staged)]
+        if not batch:
+            return
+        try:
+            commit_staged(self.db, staged)
         except DatabaseError:
             raise
-        except Exception as exc:  # e.g. the disk is full: this model fails, the others go on
-            item.result = failure_result(item.source, item.name, exc, self.skip_existing)
+        except Exception as exc:
+            if len(batch) > 1:
+                return self.commit(batch[:1])  # the next call goes on with the rest
+            batch[0].result = failure_result(batch[0].source, batch[0].name, exc, self.skip_existing)
             return
-        self.pending_names.pop(item.name, None)
-        self.pending_shas.pop(item.header.sha256, None)
-        item.ids = None
-        item.result = ExtractResult(item.source, "added", item.name, "", item.header.n_layers, item.header.n_filters)
+        for item in batch:
+            self.pending_names.pop(item.name, None)
+            self.pending_shas.pop(item.header.sha256, None)
+            item.ids = None
+            item.result = ExtractResult(item.source, "added", item.name, "", item.header.n_layers,
+                                        item.header.n_filters)
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -564,8 +595,11 @@ class _Run:
                 next_commit += 1
                 yield item.result
                 continue
-            if item.staged is not None and item.staged.status == "finished":
-                self.commit(item)
+            if _staged(item):  # commit it with the staged models right behind it
+                batch = [item]
+                while len(batch) + next_commit < len(items) and _staged(items[next_commit + len(batch)]):
+                    batch.append(items[next_commit + len(batch)])
+                self.commit(batch)
                 continue
             self.receive(next(self.ac))
 
@@ -573,9 +607,15 @@ class _Run:
         kind, item = self.kinds.pop(fut, (None, None))
         if kind is None or item.result is not None:
             return
-        if fut.status != "finished":  # workers kept dying on it, or it was lost
-            exc = _exception(fut)
-            if type(exc).__name__ == "KilledWorker" and not item.retried:
+        value, exc = None, None
+        try:  # fetched now: a worker that dies later takes nothing of ours with it (if the
+            value = fut.result()  # one holding it died meanwhile, this waits for Dask to redo it)
+        except BaseException as e:  # noqa: B036 - CancelledError is a BaseException
+            if isinstance(e, (KeyboardInterrupt, SystemExit)):
+                raise
+            exc = e
+        if exc is not None:  # workers kept dying on it, or it was lost
+            if type(exc).__name__ in _RETRIED and not item.retried:
                 # Dask counts a death against every task queued on the worker, not only the one
                 # that killed it: one more round tells an innocent model from a killer
                 item.retried = True
@@ -588,8 +628,11 @@ class _Run:
             item.result = ExtractResult(item.source, "failed", item.name, f"{item.source}: failed on the cluster "
                                         f"while {what} it ({type(exc).__name__}: {exc})")
             return
+        if kind == "stage":
+            item.staged_value = value
+            return
         if kind == "head":
-            header = fut.result()
+            header = value
             if not header.unreadable:
                 item.header = header
             elif item.shipped:
@@ -604,11 +647,12 @@ class _Run:
                 self.submit_prepare(item, payload)
 
 
-def _exception(fut) -> BaseException:
-    try:
-        return fut.exception()
-    except BaseException as exc:  # cancelled
-        return exc
+#: Errors of the cluster, not of the model, after which a model is sent once more.
+_RETRIED = ("KilledWorker", "CancelledError", "FutureCancelledError", "CommClosedError", "FutureLostError")
+
+
+def _staged(item: _Item) -> bool:
+    return item.result is None and item.staged_value is not None
 
 
 def _release(item: _Item) -> None:
