@@ -9,8 +9,9 @@ Protocol, per source ``i`` (in the order given):
 3. ``stage`` (the worker holding the model): write its filters files under temporary names into
    this run's staging folder inside the database, and build its table rows. A worker that cannot
    see that folder sends the model back instead, and the client stages it.
-4. The client commits the staged models strictly in source order, each atomically (the same
-   manifest replacement as :meth:`FilterDB.add`), holding the writers' lock for the whole run.
+4. The client commits the staged models strictly in source order (those ready together in one
+   step), by the same manifest replacement as :meth:`FilterDB.add`, holding the writers' lock
+   for the whole run: a model is in the database whole or not at all.
 
 So the database ends up identical (models, layers, ids, values) to a serial run. A worker that
 dies leaves at most stray staged files, never a committed half; Dask re-runs its task on another
