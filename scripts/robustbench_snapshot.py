@@ -247,6 +247,16 @@ def _torchvision_resnet(inner) -> str | None:
     return _TV_NAMES.get((bottleneck, layers, width))
 
 
+_CIFAR10_STATS = ([0.4914, 0.4822, 0.4465], [0.2471, 0.2435, 0.2616])
+
+
+def _dm_stats(module) -> dict:
+    """DeepMind nets keep their input statistics in non-persistent buffers: record them where
+    they are not the builders' CIFAR-10 defaults (the CIFAR-100 models)."""
+    mean, std = [_f32(v) for v in module.mean.flatten()], [_f32(v) for v in module.std.flatten()]
+    return {} if (mean, std) == _CIFAR10_STATS else {"mean": mean, "std": std}
+
+
 def describe(module, num_classes: int) -> tuple[str | None, dict, str]:
     """``(arch, kwargs, rb_class)`` of the filterlens module matching ``module``, or ``(None, {}, note)``."""
     if not isinstance(module, torch.nn.Module):  # built by the (stubbed) timm
@@ -278,6 +288,7 @@ def describe(module, num_classes: int) -> tuple[str | None, dict, str]:
         kw.update(activation="swish" if act in ("Swish", "SiLU") else "relu")
         if module.padding:
             kw["padding"] = module.padding
+        kw.update(_dm_stats(module))
         return f"dm-wrn-{depth}-{width}", kw, cls
     if "DMPreActResNet" in mro:
         if [len(getattr(module, f"layer_{i}")) for i in range(4)] != [2, 2, 2, 2]:
@@ -285,6 +296,7 @@ def describe(module, num_classes: int) -> tuple[str | None, dict, str]:
         act = type(module.relu).__name__
         kw = {"num_classes": num_classes} if num_classes != 10 else {}
         kw["activation"] = "swish" if act in ("Swish", "SiLU") else "relu"
+        kw.update(_dm_stats(module))
         return "dm-preact-resnet18", kw, cls
     if cls == "Chen2020AdversarialNet":
         return "chen2020-ensemble", kw if num_classes != 10 else {}, cls

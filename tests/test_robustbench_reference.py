@@ -28,6 +28,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(not RB_DIR, reason="set FILTE
 CASES = [
     ("cifar10", "Carmon2019Unlabeled"), ("cifar10", "Rice2020Overfitting"), ("cifar10", "Pang2020Boosting"),
     ("cifar10", "Ding2020MMA"), ("cifar10", "Hendrycks2019Using"), ("cifar10", "Gowal2020Uncovering_28_10_extra"),
+    ("cifar100", "Rebuffi2021Fixing_28_10_cutmix_ddpm"), ("cifar100", "Rebuffi2021Fixing_R18_ddpm"),
     ("cifar10", "Gowal2021Improving_R18_ddpm_100m"), ("cifar10", "Andriushchenko2020Understanding"),
     ("cifar10", "Wong2020Fast"), ("cifar100", "Rice2020Overfitting"), ("cifar10", "Addepalli2021Towards_RN18"),
     ("cifar10", "Engstrom2019Robustness"), ("cifar10", "Huang2021Exploring"), ("cifar10", "Dai2021Parameterizing"),
@@ -80,7 +81,10 @@ def test_same_outputs_and_filters_as_robustbench(model_dicts, tmp_path, monkeypa
     size = 224 if dataset == "imagenet" else 32
     x = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        torch.testing.assert_close(ours(x), theirs(x), rtol=1e-4, atol=1e-5)
+        got, want = ours(x), theirs(x)
+    # float32 noise (e.g. RobustBench's Swish vs SiLU) grows through deep random nets: judge it
+    # against the logits' scale
+    assert torch.isfinite(want).all() and (got - want).abs().max() <= 1e-5 * want.abs().max() + 1e-6
     mf = rb.model_filters(entry, ours, name, f"robustbench:{name}")
     theirs_convs = {n: m.weight for n, m in theirs.named_modules() if isinstance(m, torch.nn.Conv2d)}
     assert {l.name for l in mf.layers} == set(theirs_convs)
