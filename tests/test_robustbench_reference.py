@@ -3,7 +3,8 @@
 Needs a checkout of github.com/RobustBench/robustbench (``FILTERLENS_TEST_ROBUSTBENCH=<dir>``)
 and, for the ImageNet models, a copy of torchvision's ``models/resnet.py``
 (``FILTERLENS_TEST_TV_RESNET=<file>``); skipped without them. For one entry of every family,
-RobustBench's class builds the model (random weights), its ``state_dict()`` is saved in
+RobustBench's class builds the model (random weights; ``FILTERLENS_TEST_ROBUSTBENCH_ALL=1``:
+every entry filterlens builds, not one per family), its ``state_dict()`` is saved in
 RobustBench's layout, and filterlens loads that file: the logits on the same input must
 equal RobustBench's, and every layer's filters must be the file's.
 """
@@ -35,6 +36,12 @@ CASES = [
     ("cifar10", "Chen2020Adversarial"), ("imagenet", "Salman2020Do_R18"), ("imagenet", "Salman2020Do_R50"),
     ("imagenet", "Salman2020Do_50_2"), ("imagenet", "Chen2024Data_WRN_50_2"),
 ]
+
+
+if os.environ.get("FILTERLENS_TEST_ROBUSTBENCH_ALL"):  # every entry filterlens builds (minutes)
+    from filterlens.sources.robustbench import list_entries
+
+    CASES = [(e.dataset, e.name) for e in list_entries() if e.arch is not None]
 
 
 @pytest.fixture(scope="module")

@@ -284,6 +284,13 @@ def test_imagenet_resnet18_behind_the_wrapper(model_dir):
     first = [l for l in mf.layers if l.conv_depth == 0]
     assert [l.name for l in first] == ["model.conv1"] and first[0].kernel_size == (7, 7)
     assert mf.metadata["eps"] == 4 / 255 and mf.metadata["dataset"] == "imagenet"
+    wrapped = create_arch("tv-resnet18", wrap=True, mean=[0.5] * 3, std=[0.25] * 3)
+    wrapped.load_state_dict({**{f"model.{k}": v for k, v in state.items()},
+                             "normalize.mean": torch.full((1, 3, 1, 1), 0.5), "normalize.std": torch.full((1, 3, 1, 1), 0.25)})
+    torch.save(wrapped.state_dict(), model_dir / "imagenet" / "Linf" / "Salman2020Do_R18.pt")  # saved from the wrapper
+    loaded = rb.load_entry_module(entry)
+    torch.testing.assert_close(loaded.normalize.std, torch.full((1, 3, 1, 1), 0.25))
+    check_measures(load_robustbench("robustbench:imagenet/Salman2020Do_R18"), conv_tensors(state, net, "model."))
 
 
 # ---------------------------------------------------------------------------------------

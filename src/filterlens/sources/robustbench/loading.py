@@ -99,8 +99,8 @@ def apply_rules(checkpoint: object, entry: RobustBenchEntry, source: str) -> dic
         raise SourceError(f"{source}: no weights found in the checkpoint (top-level keys: {keys})")
     for prefix in entry.strip:
         state = {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in state.items()}
-    if entry.add_prefix:
-        state = {entry.add_prefix + k: v for k, v in state.items()}
+    if entry.add_prefix:  # the wrapper's own keys (normalize.*) stay: a file saved from the wrapper loads too
+        state = {(k if k in entry.missing_ok else entry.add_prefix + k): v for k, v in state.items()}
     return state
 
 
