@@ -116,23 +116,26 @@ def extract(
     counts = {"added": 0, "skipped": 0, "failed": 0}
     options = dict(arch=arch, name=name, metadata=overrides, meta_table=table, kernel_size=ks, threshold=threshold,
                    inclusive=not exclusive, include_transposed=include_transposed, skip_existing=skip_existing)
-    with ExitStack() as stack:
-        if workers is not None or scheduler:  # workers load and measure; this process writes
-            from ..db.distributed import connect, extract_sources_dask
+    try:
+        with ExitStack() as stack:
+            if workers is not None or scheduler:  # workers load and measure; this process writes
+                from ..db.distributed import connect, extract_sources_dask
 
-            results = extract_sources_dask(db, sources, stack.enter_context(connect(workers, scheduler)), **options)
-        else:
-            results = extract_sources(db, sources, **options)
-        for r in progress(results, len(sources), "extracting", enabled=len(sources) > 1):
-            counts[r.status] += 1
-            if r.status == "added":
-                out.print(f"added {r.model} ({r.n_layers} layers, {r.n_filters} filters)", highlight=False,
-                          markup=False)
-            elif r.status == "skipped":
-                warn(r.message)
+                client = stack.enter_context(connect(workers, scheduler))
+                results = extract_sources_dask(db, sources, client, **options)
             else:
-                error(r.message)
-    _discard_if_unused(db, fresh)
+                results = extract_sources(db, sources, **options)
+            for r in progress(results, len(sources), "extracting", enabled=len(sources) > 1):
+                counts[r.status] += 1
+                if r.status == "added":
+                    out.print(f"added {r.model} ({r.n_layers} layers, {r.n_filters} filters)", highlight=False,
+                              markup=False)
+                elif r.status == "skipped":
+                    warn(r.message)
+                else:
+                    error(r.message)
+    finally:  # also when the cluster cannot be reached: no empty database left behind
+        _discard_if_unused(db, fresh)
     if table is not None and table.unused_lines():
         lines = table.unused_lines()
         warn(f"{meta_file}: {len(lines)} row(s) matched no source (line {', '.join(map(str, lines[:10]))}"
