@@ -285,18 +285,27 @@ def test_cli_train_and_evaluate(tmp_path: Path, monkeypatch) -> None:
 # --- the zoo ------------------------------------------------------------------------------------
 
 def test_zoo_recipe() -> None:
+    """Zoo v2 (issue 14): matched normal/FGSM-RS pairs of one recipe, >= 4 seeds per arm, full training set,
+    a paper-family architecture (CIFAR ResNet-20), the MNIST pair, and under 30 MB of weights."""
+    from dataclasses import replace
+
     from filterlens.archs import create_arch
     from filterlens.zoo.recipe import RECIPE
 
     cifar = [m for m in RECIPE if m.dataset == "cifar10"]
-    assert len(cifar) >= 10 and len({m.name for m in RECIPE}) == len(RECIPE)
-    archs = {m.arch for m in cifar}
-    assert len(archs) >= 2
+    assert len({m.name for m in RECIPE}) == len(RECIPE)
+    assert "cifar_resnet20" in {m.arch for m in cifar}
+    for m in cifar:
+        assert m.n_train is None and m.training in ("normal", "fgsm-rs")
     total_params = 0
-    for arch in archs:
+    for arch in {m.arch for m in cifar}:
         runs = [m for m in cifar if m.arch == arch]
-        for training in ("normal", "fgsm-rs"):
-            assert len({m.seed for m in runs if m.training == training}) >= 2
+        normal = {m.seed: m for m in runs if m.training == "normal"}
+        robust = {m.seed: m for m in runs if m.training == "fgsm-rs"}
+        assert len(normal) >= 4 and normal.keys() == robust.keys()
+        for seed in normal:  # one recipe: the pairs differ in the training method (and eps) only
+            assert replace(robust[seed], name=normal[seed].name, training="normal", eps=None,
+                           cost=normal[seed].cost) == normal[seed]
         model = create_arch(arch, **runs[0].arch_kwargs)
         assert sum(isinstance(c, nn.Conv2d) and c.kernel_size == (3, 3) for c in model.modules()) >= 8
         total_params += sum(p.numel() for p in model.parameters()) * len(runs)
