@@ -58,7 +58,8 @@ def _randomize(module: torch.nn.Module, seed: int) -> None:
     with torch.no_grad():
         for name, t in module.state_dict().items():
             if t.dtype.is_floating_point and not name.endswith(("mu", "sigma", "mean", "std")):
-                t.copy_(torch.randn(t.shape, generator=g) * (0.05 if t.dim() > 1 else 1.0))
+                fan_in = t[0].numel() if t.dim() > 1 else 1  # keeps deep random nets (WRN-106) finite
+                t.copy_(torch.randn(t.shape, generator=g) / fan_in ** 0.5)
                 if name.endswith("running_var"):
                     t.abs_().add_(0.5)
 
