@@ -465,7 +465,9 @@ class _Run:
         if payload is not None:
             args.append(self.client.scatter(payload, direct=True))
         item.prep = self.client.submit(prepare, *args, pure=False, resources=self.resources)
-        item.head = self.client.submit(header_of, item.prep, pure=False, resources=self.resources)
+        # the header and the staging of a model go before models not yet started (priority):
+        # the client decides and commits sooner, and a worker holds fewer measured models
+        item.head = self.client.submit(header_of, item.prep, pure=False, resources=self.resources, priority=1)
         self.watch(item.head, "head", item)
 
     def submit_stage(self, item: _Item, ids: tuple[int, int] | None = None) -> None:
@@ -480,7 +482,8 @@ class _Run:
         item.ids = ids
         item.staged_value = None
         item.staged = self.client.submit(stage, item.prep, item.meta, item.name, *item.ids, str(self.db.path),
-                                         str(self.staging), self.token, pure=False, resources=self.resources)
+                                         str(self.staging), self.token, pure=False, resources=self.resources,
+                                         priority=1)
         self.watch(item.staged, "stage", item)
 
     def watch(self, fut, kind: str, item: _Item) -> None:
