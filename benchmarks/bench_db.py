@@ -123,7 +123,7 @@ def run_build(db_path: Path, npy: Path, n_filters: int) -> dict:
                 f.write(w.tobytes())
                 layers.append(ConvLayer(f"conv{j}", w, conv_depth=j, conv_depth_norm=j / (layers_per_model - 1)))
             db.add(ModelFilters(f"synthetic{m:04d}", "synthetic", layers, "order"),
-                   {"training": "adversarial" if m % 2 else "normal"}, measure=False)
+                   {"training": "adversarial" if m % 2 else "normal"})
     dt = time.perf_counter() - t0
     return {"models": n_models, "filters": total, "seconds": dt, "bytes": total * 36,
             "db_bytes": sum(p.stat().st_size for p in db_path.rglob("*") if p.is_file())}

@@ -13,6 +13,7 @@ import pandas as pd
 
 from filterlens.cli.main import main
 from filterlens.db import FilterDB
+from filterlens.measure import measure_layers
 from filterlens.types import ConvLayer, ModelFilters
 
 
@@ -66,12 +67,17 @@ def toy_model(name: str, seed: int, n_layers: int = 2, out: int = 8) -> ModelFil
     return ModelFilters(name=name, source=f"test:{name}", layers=layers, depth_source="order")
 
 
+def add_measured(db, mf, metadata=None, **kwargs):
+    """``db.add`` with the layers measured first (3x3 layers; the others noted as not measured)."""
+    return db.add(mf, metadata, measure_layers(mf.layers), **kwargs)
+
+
 def make_db(path: Path, n: int = 2) -> FilterDB:
     """A database with ``n`` models, alternately adversarial and normal."""
     db = FilterDB.create(path)
     for i in range(n):
-        db.add(toy_model(f"m{i}", i), {"training": "adversarial" if i % 2 == 0 else "normal",
-                                       "dataset": "cifar10", "arch": "toy"})
+        add_measured(db, toy_model(f"m{i}", i), {"training": "adversarial" if i % 2 == 0 else "normal",
+                                                 "dataset": "cifar10", "arch": "toy"})
     return db
 
 

@@ -30,7 +30,7 @@ import pandas as pd
 import pytest
 
 from filterlens.db import FilterDB
-from test_db import toy_model
+from test_db import add_measured, toy_model
 
 OLD = b"the old content, which must survive byte for byte\n" * 40  # 2 KB
 
@@ -117,7 +117,7 @@ def files_of(root: Path) -> dict[str, bytes]:
 @pytest.fixture
 def db_with_one(tmp_path) -> FilterDB:
     db = FilterDB.create(tmp_path / "db")
-    db.add(toy_model("old", 1), {"training": "normal"}, measure=False)
+    db.add(toy_model("old", 1), {"training": "normal"})
     return db
 
 
@@ -129,7 +129,7 @@ def _assert_db_unchanged(db: FilterDB, before: dict[str, bytes]) -> None:
     again = FilterDB.open(db.path)
     assert list(again.models()["model"]) == ["old"]
     assert np.array_equal(again.weight("old", "b1.conv1"), toy_model("old", 1).layers[1].weight)
-    again.add(toy_model("next", 3), {"training": "normal"}, measure=False)  # the next writer recovers
+    again.add(toy_model("next", 3), {"training": "normal"})  # the next writer recovers
     assert list(FilterDB.open(db.path).models()["model"]) == ["old", "next"]
     assert FilterDB.open(db.path).check() == []
 
@@ -140,7 +140,7 @@ def test_db_add_on_a_full_disk_changes_nothing(db_with_one, limit):
     before = files_of(db_with_one.path)
     try:
         with disk_full_after(limit):
-            db_with_one.add(toy_model("new", 2), {"training": "normal"}, measure=False)
+            db_with_one.add(toy_model("new", 2), {"training": "normal"})
     except Exception as exc:  # EFBIG, or the database's error wrapping it
         assert "File too large" in str(exc) or isinstance(exc, OSError), exc
     else:  # large enough limits let the add through; then it must be complete
@@ -153,7 +153,7 @@ def test_db_add_on_a_full_disk_changes_nothing(db_with_one, limit):
 def test_db_add_whose_rename_never_happens_changes_nothing(db_with_one, monkeypatch, target):
     before = files_of(db_with_one.path)
     with renames_fail(monkeypatch, lambda dest: target in dest), pytest.raises(Exception, match="injected"):
-        db_with_one.add(toy_model("new", 2), {"training": "normal"}, measure=False)
+        db_with_one.add(toy_model("new", 2), {"training": "normal"})
     _assert_db_unchanged(db_with_one, before)
 
 
@@ -161,7 +161,7 @@ def test_db_add_whose_rename_never_happens_changes_nothing(db_with_one, monkeypa
 def test_manifest_written_half_way_changes_nothing(db_with_one, monkeypatch, after):
     before = files_of(db_with_one.path)
     with python_writes_fail(monkeypatch, "manifest", after), pytest.raises(Exception, match="injected"):
-        db_with_one.add(toy_model("new", 2), {"training": "normal"}, measure=False)
+        db_with_one.add(toy_model("new", 2), {"training": "normal"})
     _assert_db_unchanged(db_with_one, before)
     before = files_of(db_with_one.path)
     with python_writes_fail(monkeypatch, "manifest", after), pytest.raises(Exception, match="injected"):
@@ -222,7 +222,7 @@ def lenet_like_db(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("cmp") / "db"
     db = FilterDB.create(path)
     for i, training in enumerate(["adversarial", "adversarial", "normal", "normal"]):
-        db.add(toy_model(f"m{i}", 10 + i, width=4), {"training": training, "dataset": "cifar10"})
+        add_measured(db, toy_model(f"m{i}", 10 + i, width=4), {"training": training, "dataset": "cifar10"})
     return path
 
 

@@ -28,11 +28,17 @@ from filterlens.db import (
     parse_eps,
 )
 from filterlens.db import filestore, schema
+from filterlens.measure import measure_layers
 from filterlens.metrics import measure_weight
 from filterlens.types import ConvLayer, ModelFilters
 
 # --------------------------------------------------------------------------------------------
 # helpers
+
+
+def add_measured(db, mf, metadata=None, **kwargs):
+    """``db.add`` with the layers measured first (3x3 layers; the others noted as not measured)."""
+    return db.add(mf, metadata, measure_layers(mf.layers), **kwargs)
 
 
 def toy_model(name: str, seed: int, width: int = 16, dtype=np.float32) -> ModelFilters:
@@ -85,7 +91,7 @@ def test_round_trip_is_bit_exact_and_keeps_dtype(db):
                                conv_depth_norm=1.0))
     mf.layers.append(ConvLayer("up", np.random.default_rng(4).standard_normal((8, 4, 3, 3)).astype(np.float32),
                                transposed=True, op_type="ConvTranspose2d"))
-    db.add(mf, {"training": "normal"})
+    add_measured(db, mf, {"training": "normal"})
     for layer in mf.layers:
         got = db.weight("a", layer.name)
         assert got.dtype == layer.weight.dtype and got.shape == layer.weight.shape
@@ -102,7 +108,7 @@ def test_round_trip_is_bit_exact_and_keeps_dtype(db):
 def test_streaming_in_chunks_equals_whole_read(db, monkeypatch):
     monkeypatch.setattr(filestore, "ROW_GROUP_BYTES", 2000)  # many row groups per file, layers split
     for i in range(3):
-        db.add(toy_model(f"m{i}", i), {"training": "adversarial" if i else "normal"}, measure=False)
+        db.add(toy_model(f"m{i}", i), {"training": "adversarial" if i else "normal"})
     layers = db.layers().set_index("layer_id")
     whole = {lid: db.filters(r["model"], r["layer"]) for lid, r in layers.iterrows()}
     for chunk_size in (None, 1, 7, 100, 10**6):
@@ -138,7 +144,7 @@ def test_direct_reads_equal_pyarrow_reads(db, monkeypatch):
     monkeypatch.setattr(filestore, "ROW_GROUP_BYTES", 5000)
     mf = toy_model("a", 3)
     mf.layers.append(ConvLayer("half", np.random.default_rng(2).standard_normal((40, 8, 3, 3)).astype(np.float16)))
-    db.add(mf, measure=False)
+    db.add(mf)
     for f in db.snapshot().manifest["files"]:
         rows = db.layers().query("file == @f")
         kernel, dtype = (int(rows["kernel_h"].iloc[0]), int(rows["kernel_w"].iloc[0])), rows["dtype"].iloc[0]
@@ -154,7 +160,7 @@ def test_direct_reads_equal_pyarrow_reads(db, monkeypatch):
 def test_stored_metrics_equal_measure_weight(db):
     mf = toy_model("a", 5)
     mf.layers[2].weight[:8] *= 1e-4  # some sparse filters
-    db.add(mf)
+    add_measured(db, mf)
     stored = db.layers("a").set_index("layer")
     for layer in mf.layers:
         row = stored.loc[layer.name]
@@ -184,12 +190,12 @@ def test_stored_metrics_equal_measure_weight(db):
 
 
 def test_duplicates_are_refused(db):
-    db.add(toy_model("a", 1))
+    add_measured(db, toy_model("a", 1))
     gen = db.snapshot().generation
     with pytest.raises(DuplicateModelError, match="already in the database as a"):
-        db.add(toy_model("renamed", 1))
+        add_measured(db, toy_model("renamed", 1))
     with pytest.raises(DuplicateModelError, match="name is already"):
-        db.add(toy_model("a", 2))
+        add_measured(db, toy_model("a", 2))
     assert db.snapshot().generation == gen and len(db) == 1
     assert db.find_sha256(model_sha256(toy_model("x", 1))) == "a"
     # the hash does not depend on layer order or names
@@ -198,12 +204,12 @@ def test_duplicates_are_refused(db):
     for i, l in enumerate(mf.layers):
         l.name = f"l{i}"
     with pytest.raises(DuplicateModelError):
-        db.add(mf)
+        add_measured(db, mf)
 
 
 def test_remove(db):
     for i in range(3):
-        db.add(toy_model(f"m{i}", i))
+        add_measured(db, toy_model(f"m{i}", i))
     files = set(db.layers("m1")["file"])
     assert db.remove("m1") == ["m1"]
     assert list(db.models()["model"]) == ["m0", "m2"]
@@ -213,7 +219,7 @@ def test_remove(db):
     with pytest.raises(DatabaseError, match="no model 'nope'"):
         db.remove(["m0", "nope"])
     assert len(db) == 2 and db.check(deep=True) == []
-    db.add(toy_model("m1", 1))  # the same weights may come back once removed
+    add_measured(db, toy_model("m1", 1))  # the same weights may come back once removed
     assert len(db) == 3
 
 
@@ -225,7 +231,7 @@ def _writer(path: str, start: int, count: int, started) -> None:
     db = FilterDB.open(path)
     started.set()
     for i in range(start, start + count):
-        db.add(big_model(i), {"training": "normal"}, measure=False)
+        db.add(big_model(i), {"training": "normal"})
     os._exit(0)
 
 
@@ -251,7 +257,7 @@ def test_killed_writer_leaves_the_database_as_it_was(tmp_path):
     assert db.check(deep=True) == []
     for name in names:
         assert bits(db.weight(name, "conv1")) == bits(big_model(int(name[1:])).layers[1].weight)
-    db.add(big_model(len(names)), measure=False)  # the next writer cleans up after the killed ones
+    db.add(big_model(len(names)))  # the next writer cleans up after the killed ones
     assert db.info()["stray_files"] == 0 and not any((path / "tmp").iterdir())
 
 
@@ -322,7 +328,7 @@ def test_interrupted_commit_at_every_step_changes_nothing(db, monkeypatch):
     """An I/O error at each fsync of an add leaves the committed state (and the next add) intact."""
     from filterlens.db import _fs
 
-    db.add(toy_model("a", 1))
+    add_measured(db, toy_model("a", 1))
     models, files = db.models(), db.snapshot().manifest["files"]
     real = {"fsync_file": _fs.fsync_file, "fsync_dir": _fs.fsync_dir}
     failed_before_commit = 0
@@ -340,7 +346,7 @@ def test_interrupted_commit_at_every_step_changes_nothing(db, monkeypatch):
         for name, fn in real.items():
             monkeypatch.setattr(_fs, name, failing(fn))
         try:
-            db.add(toy_model("b", 2))
+            add_measured(db, toy_model("b", 2))
         except OSError:
             pass
         else:
@@ -367,8 +373,8 @@ def test_writers_lock(db):
     with _fs.WriterLock(db.path / schema.LOCK):
         busy = FilterDB.open(db.path, lock_timeout=0.2)
         with pytest.raises(DatabaseError, match="another process is writing"):
-            busy.add(toy_model("a", 1))
-    busy.add(toy_model("a", 1))
+            add_measured(busy, toy_model("a", 1))
+    add_measured(busy, toy_model("a", 1))
 
 
 # --------------------------------------------------------------------------------------------
@@ -400,7 +406,7 @@ def test_foreign_and_corrupt_directories(tmp_path):
         FilterDB.create(empty)
 
     path = tmp_path / "db"
-    FilterDB.create(path).add(toy_model("a", 1))
+    add_measured(FilterDB.create(path), toy_model("a", 1))
     manifest = (path / schema.MANIFEST).read_text()
     (path / schema.MANIFEST).write_text("{not json")
     with pytest.raises(DatabaseError, match="corrupt"):
@@ -434,7 +440,7 @@ def test_schema_version_is_checked(db):
 
 def test_duckdb_query_in_place(db):
     for i in range(4):
-        db.add(toy_model(f"m{i}", i), {"training": "adversarial" if i % 2 else "normal", "dataset": "cifar10"})
+        add_measured(db, toy_model(f"m{i}", i), {"training": "adversarial" if i % 2 else "normal", "dataset": "cifar10"})
     sql = """
         SELECT CASE WHEN conv_depth = 0 THEN 'first' ELSE CAST(CAST(ceil(conv_depth_norm * 10) AS INTEGER) AS VARCHAR) END AS bin,
                sum(variance_entropy * n_nonsparse) / sum(n_nonsparse) AS ve
@@ -579,8 +585,8 @@ def test_h5_round_trip_is_identical(tmp_path, db):
 def test_h5_export_of_extracted_models(tmp_path, db):
     import h5py
 
-    db.add(toy_model("a", 1), {"training": "adversarial", "dataset": "cifar10", "clean_acc": 80})
-    db.add(toy_model("b", 2), {"training": "normal"})
+    add_measured(db, toy_model("a", 1), {"training": "adversarial", "dataset": "cifar10", "clean_acc": 80})
+    add_measured(db, toy_model("b", 2), {"training": "normal"})
     out = tmp_path / "x.h5"
     summary = export_h5(db, out)
     layers = db.layers()

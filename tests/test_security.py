@@ -372,7 +372,7 @@ def test_import_h5_says_what_was_committed_when_the_disk_fails(tmp_path, monkeyp
     src = tmp_path / "dataset.h5"
     write_fixed_h5(src)
     db = FilterDB.create(tmp_path / "db")
-    real_add = FilterDB.add
+    real_add = FilterDB.add_layers  # import_h5 stores each model layer by layer
     calls = {"n": 0}
 
     def add_then_fail(self, *a, **k):
@@ -381,7 +381,7 @@ def test_import_h5_says_what_was_committed_when_the_disk_fails(tmp_path, monkeyp
             raise OSError(28, "No space left on device")
         return real_add(self, *a, **k)
 
-    monkeypatch.setattr(FilterDB, "add", add_then_fail)
+    monkeypatch.setattr(FilterDB, "add_layers", add_then_fail)
     with pytest.raises(DatabaseError, match=r"No space left on device.*1 model\(s\) were imported before it "
                                             r"and are kept: robust_wrn"):
         import_h5(src, db)

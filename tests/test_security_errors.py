@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from filterlens.db import DatabaseError, FilterDB
-from security_helpers import assert_one_error_line, make_db, run_cli, toy_model, tree, write_fixed_h5
+from security_helpers import add_measured, assert_one_error_line, make_db, run_cli, toy_model, tree, write_fixed_h5
 
 torch = pytest.importorskip("torch")
 
@@ -147,7 +147,7 @@ def test_zero_output_channel_conv_is_stored_without_a_traceback(tmp_path, capsys
 def test_names_with_brackets_print_as_they_are(tmp_path, capsys):
     db = FilterDB.create(tmp_path / "db")
     for i, name in enumerate(["a[/]b", "net[v2]", "[bold]x[/bold]"]):
-        db.add(toy_model(name, i), {"training": "normal"})
+        add_measured(db, toy_model(name, i), {"training": "normal"})
     code, out, err = run_cli(capsys, "db", "models", "--db", db.path)
     assert code == 0, err
     for name in ("a[/]b", "net[v2]", "[bold]x[/bold]"):

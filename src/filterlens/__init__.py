@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import ArchitectureError, FilterlensError, SourceError
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 #: public name -> module that defines it
 _LAZY = {

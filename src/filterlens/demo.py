@@ -98,6 +98,7 @@ def build_zoo_db(db_path: Path, on_model: Callable[[str], None] | None = None):
     """Extract every bundled zoo model (with its card's metadata) into a new database."""
     from . import zoo
     from .db import FilterDB
+    from .measure import measure_layers
     from .robust.card import load_model
     from .sources import from_module
 
@@ -111,7 +112,7 @@ def build_zoo_db(db_path: Path, on_model: Callable[[str], None] | None = None):
         module, card = load_model(path)
         mf = from_module(module, name=row["name"], source=f"zoo:{row['name']}", arch=card.get("arch"),
                          input_shape=tuple(card.get("input_shape") or ()) or None)
-        db.add(mf, metadata=card_metadata(card))
+        db.add(mf, card_metadata(card), measure_layers(mf.layers))
         if on_model:
             on_model(row["name"])
     return db

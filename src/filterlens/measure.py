@@ -91,6 +91,30 @@ def measure_model(
     return df.astype({"conv_depth": "Int64", "depth": "Int64", "kernel_size": "Int64"})
 
 
+def measure_layers(
+    layers: Iterable[ConvLayer],
+    kernel_size: KernelSize = 3,
+    threshold: float = DEFAULT_THRESHOLD,
+    inclusive: bool = True,
+    include_transposed: bool = False,
+) -> list[dict]:
+    """One metrics dict per layer, in order, for storing (see :meth:`FilterDB.add`): the layers
+    :func:`selects` picks are measured; the others get ``notes`` "not measured (kernel KxK)"
+    or "not measured (transposed)". Each layer is measured on its own, so measuring a model
+    one layer at a time gives the same values."""
+    layers = list(layers)
+    chosen = [layer for layer in layers if selects(layer, kernel_size, include_transposed)]
+    measured = dict(zip(map(id, chosen), measure_weights([layer.weight for layer in chosen], threshold, inclusive)))
+    out = []
+    for layer in layers:
+        if id(layer) in measured:
+            out.append(measured[id(layer)])
+        else:
+            why = "transposed" if layer.transposed else f"kernel {layer.kernel_size[0]}x{layer.kernel_size[1]}"
+            out.append({"notes": f"not measured ({why})"})
+    return out
+
+
 def check_measurable(mf: ModelFilters, df: pd.DataFrame) -> None:
     """The rule ``metrics`` and ``extract`` share: a model whose every selected layer has NaN,
     Inf or complex weights is refused (:class:`NoLayersError`), not stored or shown as NaN."""

@@ -4,7 +4,8 @@
 
     from filterlens.db import FilterDB
     db = FilterDB.open_or_create("filters.db")
-    db.add(load_model("resnet20.th"), {"training": "normal", "dataset": "cifar10"})
+    mf = load_model("resnet20.th")
+    db.add(mf, {"training": "normal", "dataset": "cifar10"}, measure_model(mf))   # measured layers
     db.query("SELECT training, avg(variance_entropy) FROM layers_full GROUP BY training")
     for layers, filters in db.iter_filters(kernel_size=3):   # (n, 3, 3) blocks, streamed
         ...
@@ -18,7 +19,7 @@ from .extract import ExtractResult, extract_sources
 from .h5 import ImportResult, export_h5, import_h5
 from .meta import MetaTable, normalize_metadata, parse_eps, parse_training
 from .schema import SCHEMA_VERSION
-from .store import FilterChunk, FilterDB, Snapshot, layer_sha256, model_sha256
+from .store import FilterChunk, FilterDB, MeasuredLayer, Snapshot, layer_sha256, model_sha256
 
 __all__ = [
     "DatabaseError",
@@ -27,6 +28,7 @@ __all__ = [
     "FilterChunk",
     "FilterDB",
     "ImportResult",
+    "MeasuredLayer",
     "MetaTable",
     "SCHEMA_VERSION",
     "Snapshot",

@@ -20,7 +20,6 @@ worker, and a model whose tasks keep killing workers is reported failed while th
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -48,21 +47,12 @@ from .extract import (
     failure_result,
     model_metadata,
 )
-from .filestore import storage_dtype, write_filters_file
 from .meta import MetaTable, normalize_metadata
-from .schema import FILTERS_DIR, LAYERS_SCHEMA, MODELS_SCHEMA, TMP_DIR
-from .store import (
-    FilterDB,
-    KernelSize,
-    _check_new,
-    _filters_of,
-    _layer_metrics,
-    _layer_row,
-    _now,
-    _validate_layers,
-    layer_sha256,
-    model_sha256,
-)
+from .rows import check_new, metrics_by_layer, model_row, validate_layers
+from .schema import LAYERS_SCHEMA, MODELS_SCHEMA, TMP_DIR
+from .snapshot import now
+from .store import FilterDB, KernelSize, layer_sha256, model_sha256
+from .writer import MeasuredLayer, ModelStager
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -225,9 +215,8 @@ def prepare(source: str, path: str | None, arch: str | None, wanted: str | None,
         prep.digests = [layer_sha256(l.weight) for l in mf.layers]
         header.sha256 = model_sha256(prep.digests)
         # as FilterDB.add before it takes the lock; the client reports these after its duplicate check
-        _validate_layers(mf)
-        prep.metrics = _layer_metrics(mf, _measure(mf, opts), True, opts.kernel_size, opts.threshold,
-                                      opts.inclusive, opts.include_transposed)
+        validate_layers(mf)
+        prep.metrics = metrics_by_layer(mf, _measure(mf, opts))
         return prep
     except Exception as exc:
         msg = failure_result(source, source, exc, False).message
@@ -278,41 +267,18 @@ def stage(prep: Prepared, meta: dict, name: str, model_id: int, layer_id0: int, 
 def stage_model(prep: Prepared, meta: dict, name: str, model_id: int, layer_id0: int, root: Path,
                 staging: Path) -> Staged:
     """The file-writing half of :meth:`FilterDB.add`, with the ids given (same names, rows, bytes)."""
-    mf, sha, digests, metrics = prep.mf, prep.header.sha256, prep.digests, prep.metrics
-    meta = dict(meta)
-    uid = f"{model_id:06d}-{sha[:12]}"
-    parts: dict[tuple[int, int, str], list[int]] = {}
-    for i, l in enumerate(mf.layers):  # one filters file per (kernel shape, dtype)
-        kh, kw = l.kernel_size
-        parts.setdefault((kh, kw, storage_dtype(l.weight.dtype).name), []).append(i)
-    files: list[tuple[str, str]] = []
-    file_of: dict[int, str] = {}
-    offset_of: dict[int, int] = {}
-    for (kh, kw, dtname), idx in parts.items():
-        rel = f"{FILTERS_DIR}/{uid}.{kh}x{kw}.{dtname}.parquet"
-        tmp = staging / f"{Path(rel).name}.{uuid.uuid4().hex[:8]}.tmp"
-        files.append((str(tmp), rel))
-        pieces = [(layer_id0 + i, _filters_of(mf.layers[i])) for i in idx]
-        offsets = write_filters_file(tmp, pieces, metadata={"filterlens": json.dumps(
-            {"model": name, "model_id": model_id, "kernel": [kh, kw], "dtype": dtname})})
-        _fs.fsync_file(tmp)  # here, in parallel; the client's fsync before the rename is then cheap
-        for i, off in zip(idx, offsets):
-            file_of[i], offset_of[i] = rel, off
-    layer_rows = [_layer_row(mf, i, layer_id0 + i, model_id, name, file_of[i], offset_of[i], digests[i], metrics[i],
-                             None) for i in range(len(mf.layers))]
-    extra = meta.pop("extra", None)
-    model_row = {
-        "model_id": model_id, "model": name, "source": meta.pop("source", None) or mf.source,
-        "sha256": sha, "arch": meta.pop("arch", None) or mf.arch,
-        "dataset": meta.pop("dataset", None), "training": meta.pop("training", None) or "unknown",
-        "threat_model": meta.pop("threat_model", None), "eps": meta.pop("eps", None),
-        "clean_acc": meta.pop("clean_acc", None), "robust_acc": meta.pop("robust_acc", None),
-        "tags": meta.pop("tags", None), "depth_source": mf.depth_source,
-        "n_layers": len(mf.layers), "n_filters": int(sum(l.n_filters for l in mf.layers)),
-        "added_at": None, "warnings": "; ".join(mf.warnings) or None,
-        "extra": json.dumps(extra, sort_keys=True, default=str) if extra else None,
-    }
-    return Staged(model_id, layer_id0, len(mf.layers), model_row, layer_rows, files)
+    mf = prep.mf
+    stager = ModelStager(staging, name, model_id, layer_id0, mf.depth_source)
+    try:
+        for layer, metrics, digest in zip(mf.layers, prep.metrics, prep.digests):
+            stager.write(MeasuredLayer(layer, metrics), digest)
+        # fsync here, in parallel; the client's fsync before the rename is then cheap
+        sha, files = stager.finish(prep.header.sha256, fsync=True)
+    except BaseException:
+        stager.abort()
+        raise
+    row = model_row(mf, meta, name, model_id, sha, len(stager.rows), stager.n_filters, None)
+    return Staged(model_id, layer_id0, len(mf.layers), row, stager.rows, [(str(tmp), rel) for tmp, rel in files])
 
 
 # --------------------------------------------------------------------------------------------
@@ -331,8 +297,8 @@ def commit_staged(db: FilterDB, staged: Sequence[Staged]) -> None:
             raise DatabaseError(f"{db.path}: the database changed during the extraction (next ids "
                                 f"{expected[0]}/{expected[1]}, staged for {st.model_id}/{st.layer_id0})")
         expected = (st.model_id + 1, st.layer_id0 + st.n_layers)
-    now = _now()
-    rows = [dict(st.model_row, added_at=now) for st in staged]
+    added = now()
+    rows = [dict(st.model_row, added_at=added) for st in staged]
     models_t = pa.concat_tables([snap.models_table, pa.Table.from_pylist(rows, MODELS_SCHEMA)],
                                 promote_options="default")
     layers_t = pa.concat_tables([snap.layers_table, pa.Table.from_pylist(
@@ -523,7 +489,7 @@ class _Run:
             if mname in self.pending_names:
                 raise DuplicateModelError(f"{mname}: a model of that name is already in the database "
                                           "(choose another name, or remove it first)", mname)
-            _check_new(self.db.snapshot(), mname, h.sha256)
+            check_new(self.db.snapshot(), mname, h.sha256)
         except Exception as exc:
             item.result = failure_result(item.source, label, exc, self.skip_existing)
             return

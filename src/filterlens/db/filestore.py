@@ -31,72 +31,96 @@ def _storage_dtype(name: str) -> np.dtype:
     return np.dtype(name).newbyteorder("<")
 
 
+class FiltersFileWriter:
+    """Write the filters of several layers to one Parquet file, one layer at a time.
+
+    Each :meth:`write` takes ``(layer_id, filters)`` with ``filters`` a C-contiguous
+    ``(n, kh, kw)`` little-endian array of the file's kernel shape and dtype, and returns the
+    layer's row offset. Row groups hold whole layers up to ``target_bytes`` (default
+    :data:`~filterlens.db.schema.ROW_GROUP_BYTES`); a larger layer is split over several
+    groups. Memory: at most one row group of pending layers.
+    """
+
+    def __init__(self, path: Path, kernel: tuple[int, int], dtype: np.dtype | str,
+                 target_bytes: int | None = None, metadata: dict[str, str] | None = None):
+        self.kernel = (int(kernel[0]), int(kernel[1]))
+        self.dtype = storage_dtype(dtype)
+        self.row_bytes = self.kernel[0] * self.kernel[1] * self.dtype.itemsize
+        schema = filters_schema(self.row_bytes)
+        self._schema = schema.with_metadata(metadata) if metadata else schema
+        self.rows_per_group = max(1, (target_bytes or ROW_GROUP_BYTES) // self.row_bytes)
+        self.n_rows = 0
+        self._pending: list[tuple[int, np.ndarray, int]] = []  # (layer_id, rows, index of first row in layer)
+        self._pending_rows = 0
+        # layer_id: long runs, dictionary + RLE costs ~nothing; filter: +1 steps, delta-encoded;
+        # w: plain, uncompressed, non-null, one data page per row group -> decoded with one copy
+        self._writer = pq.ParquetWriter(path, self._schema, compression="none", use_dictionary=["layer_id"],
+                                        column_encoding={"filter": "DELTA_BINARY_PACKED"}, data_page_size=64 << 20,
+                                        data_page_version="1.0", max_rows_per_page=self.rows_per_group,
+                                        write_statistics=["layer_id", "filter"])
+
+    def _flush(self) -> None:
+        if not self._pending_rows:
+            return
+        ids, idx, ws = [], [], []
+        for layer_id, rows, start in self._pending:
+            n = rows.shape[0]
+            ids.append(pa.array(np.full(n, layer_id, dtype=np.int64)))
+            idx.append(pa.array(np.arange(start, start + n, dtype=np.int32)))
+            ws.append(pa.FixedSizeBinaryArray.from_buffers(pa.binary(self.row_bytes), n,
+                                                           [None, pa.py_buffer(rows)]))
+        table = pa.Table.from_arrays(
+            [pa.chunked_array(ids, pa.int64()), pa.chunked_array(idx, pa.int32()),
+             pa.chunked_array(ws, pa.binary(self.row_bytes))], schema=self._schema)
+        self._writer.write_table(table, row_group_size=self._pending_rows)
+        self._pending, self._pending_rows = [], 0
+
+    def write(self, layer_id: int, filters: np.ndarray) -> int:
+        """Append one layer's filters; return its row offset in the file."""
+        if filters.shape[1:] != self.kernel or filters.dtype != self.dtype:
+            raise ValueError("all pieces of a filters file must share kernel shape and dtype")
+        offset = self.n_rows
+        n = filters.shape[0]
+        self.n_rows += n
+        per = self.rows_per_group
+        if self._pending_rows and self._pending_rows + n > per:
+            self._flush()
+        start = 0
+        while n - start > per:  # a layer larger than a group: whole groups of it
+            self._pending.append((layer_id, filters[start:start + per], start))
+            self._pending_rows += per
+            self._flush()
+            start += per
+        if n - start > 0 or n == 0:
+            self._pending.append((layer_id, filters[start:], start))
+            self._pending_rows += n - start
+        return offset
+
+    def close(self) -> None:
+        """Write what is pending and close the file."""
+        try:
+            self._flush()
+        finally:
+            self._writer.close()
+
+    def __enter__(self) -> "FiltersFileWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def write_filters_file(
     path: Path,
     pieces: Sequence[tuple[int, np.ndarray]],
     target_bytes: int | None = None,
     metadata: dict[str, str] | None = None,
 ) -> list[int]:
-    """Write the filters of several layers to one Parquet file; return each layer's row offset.
-
-    ``pieces`` holds ``(layer_id, filters)`` with ``filters`` a C-contiguous ``(n, kh, kw)``
-    little-endian array; all pieces share shape and dtype. Row groups hold whole layers up to
-    ``target_bytes`` (default :data:`~filterlens.db.schema.ROW_GROUP_BYTES`); a larger layer
-    is split over several groups.
-    """
+    """Write the filters of several layers to one Parquet file; return each layer's row offset
+    (all at once; see :class:`FiltersFileWriter`)."""
     first = pieces[0][1]
-    row_bytes = first.shape[1] * first.shape[2] * first.dtype.itemsize
-    schema = filters_schema(row_bytes)
-    if metadata:
-        schema = schema.with_metadata(metadata)
-    rows_per_group = max(1, (target_bytes or ROW_GROUP_BYTES) // row_bytes)
-    offsets: list[int] = []
-    pending: list[tuple[int, np.ndarray, int]] = []  # (layer_id, rows, index of first row in layer)
-    pending_rows = 0
-
-    # layer_id: long runs, dictionary + RLE costs ~nothing; filter: +1 steps, delta-encoded;
-    # w: plain, uncompressed, non-null, one data page per row group -> decoded with one copy
-    with pq.ParquetWriter(path, schema, compression="none", use_dictionary=["layer_id"],
-                          column_encoding={"filter": "DELTA_BINARY_PACKED"}, data_page_size=64 << 20,
-                          data_page_version="1.0", max_rows_per_page=rows_per_group,
-                          write_statistics=["layer_id", "filter"]) as writer:
-
-        def flush() -> None:
-            nonlocal pending, pending_rows
-            if not pending_rows:
-                return
-            ids, idx, ws = [], [], []
-            for layer_id, rows, start in pending:
-                n = rows.shape[0]
-                ids.append(pa.array(np.full(n, layer_id, dtype=np.int64)))
-                idx.append(pa.array(np.arange(start, start + n, dtype=np.int32)))
-                ws.append(pa.FixedSizeBinaryArray.from_buffers(pa.binary(row_bytes), n, [None, pa.py_buffer(rows)]))
-            table = pa.Table.from_arrays(
-                [pa.chunked_array(ids, pa.int64()), pa.chunked_array(idx, pa.int32()),
-                 pa.chunked_array(ws, pa.binary(row_bytes))], schema=schema)
-            writer.write_table(table, row_group_size=pending_rows)
-            pending, pending_rows = [], 0
-
-        total = 0
-        for layer_id, filters in pieces:
-            if filters.shape[1:] != first.shape[1:] or filters.dtype != first.dtype:
-                raise ValueError("all pieces of a filters file must share kernel shape and dtype")
-            offsets.append(total)
-            n = filters.shape[0]
-            total += n
-            if pending_rows and pending_rows + n > rows_per_group:
-                flush()
-            start = 0
-            while n - start > rows_per_group:  # a layer larger than a group: whole groups of it
-                pending.append((layer_id, filters[start:start + rows_per_group], start))
-                pending_rows += rows_per_group
-                flush()
-                start += rows_per_group
-            if n - start > 0 or n == 0:
-                pending.append((layer_id, filters[start:], start))
-                pending_rows += n - start
-        flush()
-    return offsets
+    with FiltersFileWriter(path, first.shape[1:], first.dtype, target_bytes, metadata) as writer:
+        return [writer.write(layer_id, filters) for layer_id, filters in pieces]
 
 
 class DamagedFileError(DatabaseError):

@@ -22,7 +22,7 @@ import os
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -33,6 +33,7 @@ from .errors import DatabaseError, DuplicateModelError
 from .filestore import FiltersReader
 from .schema import TRAINING_VALUES
 from .store import FilterDB
+from .writer import MeasuredLayer
 
 INDEX = ["model_id", "conv_depth", "conv_depth_norm", "layer_id"]
 #: meta column -> models-table field, for the columns the published tables have.
@@ -226,17 +227,7 @@ def import_h5(
                 name = f"{name}#{mid}"
             names_seen.add(name)
             depth_per_layer = "depth" in grp.columns and grp["depth"].nunique(dropna=True) > 1
-            layers, extras = [], {}
-            for _, row in grp.iterrows():
-                start, stop = parse_filter_ids(row["filter_ids"])
-                if stop > ds.shape[0]:
-                    raise DatabaseError(f"{path}: filter_ids {row['filter_ids']} beyond the {ds.shape[0]} filters")
-                filters = np.asarray(ds[start:stop]).reshape(stop - start, kh, kw)
-                layer = _layer_from_row(row, filters, depth_per_layer, {l.name for l in layers})
-                layers.append(layer)
-                record = {c: _plain(row[c]) for c in flat.columns if c not in ("filter_ids", "_pos")}
-                extras[layer.name] = {"h5": {"pos": int(row["_pos"]), "filter_start": start, "row": record}}
-            mf = ModelFilters(name=name, source=f"{path.resolve()}#model_id={mid}", layers=layers, depth_source="h5")
+            mf = ModelFilters(name=name, source=f"{path.resolve()}#model_id={mid}", layers=[], depth_source="h5")
             md: dict[str, Any] = {"extra": {"h5_model_id": _plain(mid)}}
             for col, key in MODEL_COLUMNS.items():
                 if col in grp.columns and not pd.isna(first[col]):
@@ -246,7 +237,10 @@ def import_h5(
             elif "Robust" in grp.columns and not pd.isna(first["Robust"]):
                 md["training"] = _robust_to_training(first["Robust"])
             try:
-                db.add(mf, md, measure=measure, kernel_size=None, layer_extra=extras)
+                # one layer in memory at a time: read, measured, written, dropped
+                row = db.add_layers(mf, _h5_layers(ds, grp, flat.columns, (kh, kw), depth_per_layer, measure, path), md)
+            except _ReadError as exc:
+                raise exc.error from None
             except DuplicateModelError as exc:
                 result.skipped.append((name, str(exc)))
                 if on_model:
@@ -255,7 +249,7 @@ def import_h5(
             except (FilterlensError, OSError) as exc:  # e.g. a full or read-only disk
                 raise DatabaseError(_partial_message(path, name, exc, result)) from None
             result.added.append(name)
-            result.n_filters += sum(l.n_filters for l in layers)
+            result.n_filters += int(row["n_filters"])
             if on_model:
                 on_model(name, "added")
     try:
@@ -263,6 +257,53 @@ def import_h5(
     except (FilterlensError, OSError) as exc:
         raise DatabaseError(_partial_message(path, "the file layout", exc, result)) from None
     return result
+
+
+class _ReadError(Exception):
+    """An error reading the file itself (raised as it is, not as an interrupted store)."""
+
+    def __init__(self, error: Exception):
+        super().__init__(str(error))
+        self.error = error
+
+
+#: Layers are read and measured in batches of about this many bytes (the threads of
+#: :func:`~filterlens.metrics.measure_weights` share a batch); memory stays at one batch.
+BATCH_BYTES = 64 << 20
+
+
+def _h5_layers(ds, grp: pd.DataFrame, columns: Sequence[str], kernel: tuple[int, int], depth_per_layer: bool,
+               measure: bool, path: Path) -> Iterator[MeasuredLayer]:
+    """The layers of one model, read from the filters dataset a batch at a time, measured (all
+    kernel sizes) unless ``measure`` is False."""
+    from ..measure import measure_layers  # the metrics, not the storage layer, measure
+
+    taken: set[str] = set()
+    batch: list[tuple[ConvLayer, dict]] = []
+    size = 0
+    for _, row in grp.iterrows():
+        try:
+            start, stop = parse_filter_ids(row["filter_ids"])
+            if stop > ds.shape[0]:
+                raise DatabaseError(f"{path}: filter_ids {row['filter_ids']} beyond the {ds.shape[0]} filters")
+            filters = np.asarray(ds[start:stop]).reshape(stop - start, *kernel)
+            layer = _layer_from_row(row, filters, depth_per_layer, taken)
+        except Exception as exc:  # noqa: BLE001 - handed back to import_h5 as it is
+            raise _ReadError(exc) from None
+        taken.add(layer.name)
+        record = {c: _plain(row[c]) for c in columns if c not in ("filter_ids", "_pos")}
+        batch.append((layer, {"h5": {"pos": int(row["_pos"]), "filter_start": start, "row": record}}))
+        size += filters.nbytes
+        if size >= BATCH_BYTES:
+            yield from _measured(batch, measure_layers if measure else None)
+            batch, size = [], 0
+    yield from _measured(batch, measure_layers if measure else None)
+
+
+def _measured(batch: list[tuple[ConvLayer, dict]], measure_layers: Callable | None) -> list[MeasuredLayer]:
+    layers = [layer for layer, _ in batch]
+    metrics = measure_layers(layers, None) if measure_layers else [{"notes": "not measured"} for _ in layers]
+    return [MeasuredLayer(layer, m, extra) for (layer, extra), m in zip(batch, metrics)]
 
 
 def _partial_message(path: Path, what: str, exc: BaseException, result: ImportResult) -> str:

@@ -7,19 +7,17 @@ under an ``fcntl`` lock) writes new files under fresh names, fsyncs them, and th
 manifest atomically: that rename is the commit. Files a manifest names are never modified, so a
 reader that took a manifest sees one consistent state however long it reads. A writer killed at
 any moment leaves the previous manifest in force; its stray files are removed by the next writer.
+
+:class:`FilterDB` is the facade; the work is done by its parts: :mod:`.lifecycle` (opening and
+creating), :mod:`.snapshot` (reading one committed state), :mod:`.chunks` (streaming filters),
+:mod:`.views` (DuckDB), :mod:`.writer` (staging, commits, garbage collection), :mod:`.rows`
+(table rows and checks) and :mod:`.hashing`.
 """
 
 from __future__ import annotations
 
-import bisect
-import hashlib
-import json
 import os
-import shutil
-import uuid
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
@@ -29,230 +27,25 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..metrics import DEFAULT_THRESHOLD, measure_weights
 from ..types import ConvLayer, ModelFilters
 from . import _fs
 from . import sql as _sql
-from .errors import DatabaseError, DatabaseWriteError, DuplicateModelError
-from .filestore import FiltersReader, storage_dtype, write_filters_file
+from .chunks import CHUNK_KEY_DTYPE, FilterChunk, iter_chunks
+from .errors import DatabaseError, DatabaseWriteError
+from .filestore import FiltersReader
+from .hashing import layer_sha256, model_sha256
+from .lifecycle import create_database, read_marker
 from .meta import normalize_metadata
-from .schema import (
-    FILTERS_DIR,
-    FORMAT,
-    LAYERS_SCHEMA,
-    LOCK,
-    MANIFEST,
-    MARKER,
-    METRIC_COLUMNS,
-    MODELS_SCHEMA,
-    NULLABLE_INT,
-    SCHEMA_VERSION,
-    TABLES_DIR,
-    TMP_DIR,
-)
+from .rows import LayerMetrics, check_new, metrics_by_layer, model_row, validate_layers
+from .schema import FILTERS_DIR, FORMAT, LAYERS_SCHEMA, LOCK, MANIFEST, MARKER, MODELS_SCHEMA, TMP_DIR
+from .snapshot import Snapshot, now, orphans, read_manifest, read_snapshot, require_models, to_pandas
+from .views import StaleSnapshot, connect_views
+from .writer import MeasuredLayer, ModelStager, collect_garbage, commit
+
+__all__ = ["CHUNK_KEY_DTYPE", "FilterChunk", "FilterDB", "KernelSize", "MeasuredLayer", "Snapshot", "layer_sha256",
+           "model_sha256"]
 
 KernelSize = int | tuple[int, int] | None
-
-
-# --------------------------------------------------------------------------------------------
-# hashing
-
-
-def layer_sha256(weight: np.ndarray) -> str:
-    """sha256 of one layer weight: its little-endian dtype, shape and bytes."""
-    w = np.ascontiguousarray(weight, dtype=storage_dtype(weight.dtype))
-    h = hashlib.sha256(f"{w.dtype.str}{tuple(w.shape)}".encode())
-    h.update(memoryview(w).cast("B") if w.size else b"")  # a view of a 0-channel layer cannot be cast
-    return h.hexdigest()
-
-
-def model_sha256(mf: ModelFilters | Iterable[str]) -> str:
-    """sha256 identifying a model's conv weights, whatever the order or names of its layers.
-
-    The hash of the sorted per-layer hashes (:func:`layer_sha256`), so the same weights read
-    from a checkpoint and from an ONNX export of it hash the same. Also accepts the per-layer
-    hashes themselves.
-    """
-    digests = [layer_sha256(l.weight) for l in mf.layers] if isinstance(mf, ModelFilters) else list(mf)
-    return hashlib.sha256("".join(sorted(digests)).encode()).hexdigest()
-
-
-# --------------------------------------------------------------------------------------------
-# snapshots and chunks
-
-
-def _to_pandas(table: pa.Table) -> pd.DataFrame:
-    df = table.to_pandas()
-    for c in NULLABLE_INT.intersection(df.columns):
-        df[c] = df[c].astype("Int64")
-    return df
-
-
-@dataclass
-class Snapshot:
-    """One committed state of the database: its manifest and its two tables."""
-
-    manifest: dict
-    models_table: pa.Table
-    layers_table: pa.Table
-    _models: pd.DataFrame | None = field(default=None, repr=False)
-    _layers: pd.DataFrame | None = field(default=None, repr=False)
-
-    @property
-    def generation(self) -> int:
-        return int(self.manifest["generation"])
-
-    @property
-    def models(self) -> pd.DataFrame:
-        if self._models is None:
-            self._models = _to_pandas(self.models_table)
-        return self._models
-
-    @property
-    def layers(self) -> pd.DataFrame:
-        if self._layers is None:
-            self._layers = _to_pandas(self.layers_table)
-        return self._layers
-
-
-CHUNK_KEY_DTYPE = np.dtype([("layer_id", np.int64), ("start", np.int64), ("stop", np.int64),
-                            ("offset", np.int64)])
-
-
-@dataclass(frozen=True, eq=False)
-class FilterChunk:
-    """A block of filters of one kernel shape and dtype, from one model.
-
-    ``filters`` is ``(n, kh, kw)`` in the stored dtype; read-only when it is a stored row group
-    as read (``chunk_size=None``), a fresh array when pieces were joined.
-    ``keys`` says which layers it holds: rows ``offset : offset + stop - start`` of ``filters``
-    are filters ``start : stop`` of layer ``layer_id``. ``layers`` gives those as rows of the
-    layers table (with ``start``, ``stop``, ``offset``), built on first use.
-    Unpacks as ``layers, filters = chunk``.
-    """
-
-    keys: np.ndarray
-    filters: np.ndarray
-    _lookup: "_LayerLookup" = field(repr=False)
-
-    @property
-    def layers(self) -> pd.DataFrame:
-        rows = self._lookup.rows(self.keys["layer_id"])
-        for k in ("start", "stop", "offset"):
-            rows[k] = self.keys[k]
-        return rows
-
-    def layer_ids(self) -> np.ndarray:
-        """The layer id of each filter (row) of the chunk."""
-        return np.repeat(self.keys["layer_id"], self.keys["stop"] - self.keys["start"])
-
-    def filter_index(self) -> np.ndarray:
-        """The index of each filter (row) within its layer."""
-        return np.concatenate([np.arange(s, e) for s, e in zip(self.keys["start"], self.keys["stop"])]
-                              or [np.zeros(0, np.int64)])
-
-    def __iter__(self):
-        yield self.layers
-        yield self.filters
-
-    def __len__(self) -> int:
-        return self.filters.shape[0]
-
-
-class _LayerLookup:
-    """Rows of a snapshot's layers table by layer id, indexed on first use."""
-
-    def __init__(self, snap: Snapshot):
-        self._snap = snap
-        self._indexed: pd.DataFrame | None = None
-
-    def rows(self, layer_ids: np.ndarray) -> pd.DataFrame:
-        if self._indexed is None:
-            self._indexed = self._snap.layers.set_index("layer_id", drop=False)
-        return self._indexed.loc[layer_ids].reset_index(drop=True)
-
-
-def _chunk_keys(lo: list[int], hi: list[int], ids: list[int], cs: int, ce: int) -> np.ndarray:
-    """Keys of the file rows ``[cs, ce)`` given sorted, disjoint layer row ranges ``[lo, hi)``."""
-    i = bisect.bisect_right(hi, cs)
-    keys = []
-    while i < len(lo) and lo[i] < ce:
-        s, e = max(lo[i], cs), min(hi[i], ce)
-        if e > s:
-            keys.append((ids[i], s - lo[i], e - lo[i], s - cs))
-        i += 1
-    return np.array(keys, dtype=CHUNK_KEY_DTYPE)
-
-
-def _runs(lo: list[int], hi: list[int]) -> list[tuple[int, int]]:
-    """Merge sorted ``[lo, hi)`` ranges that touch into runs."""
-    runs: list[list[int]] = []
-    for a, b in zip(lo, hi):
-        if runs and a == runs[-1][1]:
-            runs[-1][1] = b
-        else:
-            runs.append([a, b])
-    return [(a, b) for a, b in runs if b > a]
-
-
-def _chunked(pieces: Iterator[np.ndarray], size: int | None) -> Iterator[np.ndarray]:
-    """Regroup consecutive arrays into arrays of ``size`` rows (the last may be shorter)."""
-    if size is None:
-        yield from pieces
-        return
-    buf: list[np.ndarray] = []
-    have = 0
-    for arr in pieces:
-        i = 0
-        while i < arr.shape[0]:
-            take = min(size - have, arr.shape[0] - i)
-            buf.append(arr[i:i + take])
-            have += take
-            i += take
-            if have == size:
-                yield buf[0] if len(buf) == 1 else np.concatenate(buf)
-                buf, have = [], 0
-    if have:
-        yield buf[0] if len(buf) == 1 else np.concatenate(buf)
-
-
-# --------------------------------------------------------------------------------------------
-# the database
-
-
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def _decode_udf(w: pa.ChunkedArray, dtype: pa.ChunkedArray) -> pa.Array:
-    """DuckDB scalar function: raw filter bytes + dtype name -> DOUBLE[] (exact)."""
-    w = w.combine_chunks() if isinstance(w, pa.ChunkedArray) else w
-    if not (pa.types.is_binary(w.type) or pa.types.is_large_binary(w.type)):
-        w = w.cast(pa.large_binary())
-    dtype = dtype.combine_chunks() if isinstance(dtype, pa.ChunkedArray) else dtype
-    if len(w) == 0:
-        return pa.array([], pa.list_(pa.float64()))
-    names = pc.unique(dtype).to_pylist()
-    if len(names) == 1 and names[0] is not None and w.null_count == 0:
-        dt = storage_dtype(names[0])
-        off_type = np.int64 if pa.types.is_large_binary(w.type) else np.int32
-        offsets = np.frombuffer(w.buffers()[1], off_type, count=len(w) + 1, offset=w.offset * off_type().itemsize)
-        data = np.frombuffer(w.buffers()[2], np.uint8, count=int(offsets[-1] - offsets[0]), offset=int(offsets[0]))
-        values = data.view(dt).astype(np.float64)
-        return pa.ListArray.from_arrays(pa.array((offsets - offsets[0]) // dt.itemsize, pa.int32()), values)
-    out = []
-    for b, name in zip(w.to_pylist(), dtype.to_pylist()):
-        out.append(None if b is None or name is None else np.frombuffer(b, storage_dtype(name)).astype(float).tolist())
-    return pa.array(out, pa.list_(pa.float64()))
-
-
-#: ``filters_raw`` over filters files of any kernel shape: the fixed-size ``w`` read as bytes.
-_FILTERS_RAW_SCHEMA = pa.schema([pa.field("layer_id", pa.int64()), pa.field("filter", pa.int32()),
-                                 pa.field("w", pa.large_binary())])
-
-
-class _StaleSnapshot(Exception):
-    """The files of a snapshot were replaced by newer commits while it was being queried."""
 
 
 class FilterDB:
@@ -283,26 +76,7 @@ class FilterDB:
     def open(cls, path: str | os.PathLike, lock_timeout: float | None = None) -> "FilterDB":
         """Open an existing database; a missing, foreign, corrupt or newer one is a :class:`DatabaseError`."""
         path = Path(path).expanduser()
-        if not path.exists():
-            raise DatabaseError(f"{path}: no such filter database (create one with 'filterlens db create')")
-        if not path.is_dir():
-            raise DatabaseError(f"{path}: not a filter database (it is a file, not a directory)")
-        marker_path = path / MARKER
-        if not marker_path.exists():
-            if not any(path.iterdir()):
-                raise DatabaseError(f"{path}: empty directory, not a filter database "
-                                    "(create one with 'filterlens db create')")
-            raise DatabaseError(f"{path}: not a filterlens database (no {MARKER})")
-        try:
-            marker = json.loads(marker_path.read_text())
-        except (OSError, ValueError) as exc:
-            raise DatabaseError(f"{path}: corrupt filter database: cannot read {MARKER} ({exc})") from None
-        if not isinstance(marker, dict) or marker.get("format") != FORMAT:
-            raise DatabaseError(f"{path}: not a filterlens database ({MARKER} is not a {FORMAT} marker)")
-        _check_version(path, marker.get("schema_version"))
-        missing = [d for d in (TABLES_DIR, FILTERS_DIR, TMP_DIR) if not (path / d).is_dir()]
-        if missing:
-            raise DatabaseError(f"{path}: corrupt filter database: no {', '.join(missing)} folder")
+        marker = read_marker(path)
         db = cls(path, marker, lock_timeout)
         db.snapshot()  # validates the manifest and the tables
         return db
@@ -315,47 +89,9 @@ class FilterDB:
         with ``exist_ok`` and refused otherwise. The new database appears atomically.
         """
         path = Path(path).expanduser()
-        if path.exists():
-            if (path / MARKER).exists():
-                if exist_ok:
-                    return cls.open(path)
-                raise DatabaseError(f"{path}: already a filter database")
-            if not path.is_dir():
-                raise DatabaseError(f"{path}: exists and is not a directory")
-            if any(path.iterdir()):
-                raise DatabaseError(f"{path}: directory is not empty and is not a filter database; "
-                                    "refusing to create one there")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise DatabaseError(f"{path}: cannot create a filter database ({exc.strerror or exc})") from None
-        _fs.remove_dead_staging(path)
-        staging = path.parent / f".{path.name}.creating-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        try:
-            staging.mkdir()
-            for d in (TABLES_DIR, FILTERS_DIR, TMP_DIR):
-                (staging / d).mkdir()
-            marker = {"format": FORMAT, "schema_version": SCHEMA_VERSION, "created_at": _now().isoformat(),
-                      "created_by": _version()}
-            models_rel, layers_rel = _table_names(0)
-            pq.write_table(MODELS_SCHEMA.empty_table(), staging / models_rel)
-            pq.write_table(LAYERS_SCHEMA.empty_table(), staging / layers_rel)
-            for rel in (models_rel, layers_rel):
-                _fs.fsync_file(staging / rel)
-            _fs.fsync_dir(staging / TABLES_DIR)
-            manifest = _manifest(0, 0, 0, models_rel, layers_rel, [], {})
-            _fs.write_json_atomic(staging / MANIFEST, manifest, staging / TMP_DIR)
-            _fs.write_json_atomic(staging / MARKER, marker, staging / TMP_DIR)
-            (staging / LOCK).touch()
-            os.rename(staging, path)  # replaces an empty directory; fails on a non-empty one
-            _fs.fsync_dir(path.parent)
-        except OSError as exc:
-            shutil.rmtree(staging, ignore_errors=True)
-            if (path / MARKER).exists():  # someone else created it meanwhile
-                if exist_ok:
-                    return cls.open(path)
-                raise DatabaseError(f"{path}: already a filter database") from None
-            raise DatabaseError(f"{path}: cannot create a filter database ({exc})") from None
+        marker = create_database(path, exist_ok)
+        if marker is None:  # a database is there already
+            return cls.open(path)
         return cls(path, marker)
 
     @classmethod
@@ -377,56 +113,16 @@ class FilterDB:
             if cached is not None and cached.manifest == manifest:  # committed files never change
                 return cached
             try:
-                models = pq.read_table(_fs.inside(self._path, manifest["models_table"], TABLES_DIR))
-                layers = pq.read_table(_fs.inside(self._path, manifest["layers_table"], TABLES_DIR))
+                self._snap_cache = read_snapshot(self._path, manifest)
             except FileNotFoundError as exc:  # a writer committed twice meanwhile: take the new state
                 last_exc = exc
                 continue
-            except (pa.ArrowException, OSError, KeyError, ValueError, MemoryError) as exc:
-                msg = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-                raise DatabaseError(f"{self._path}: corrupt filter database: cannot read its tables ({msg})") from None
-            for table, schema, what in ((models, MODELS_SCHEMA, "models"), (layers, LAYERS_SCHEMA, "layers")):
-                missing = [f.name for f in schema if f.name not in table.column_names and f.name not in METRIC_COLUMNS]
-                if missing:
-                    raise DatabaseError(f"{self._path}: corrupt filter database: the {what} table lacks "
-                                        f"{', '.join(missing)}")
-                wrong = [f.name for f in schema if f.name in table.column_names
-                         and not table.schema.field(f.name).type.equals(f.type)]
-                if wrong:
-                    raise DatabaseError(f"{self._path}: corrupt filter database: the {what} table has columns "
-                                        f"of the wrong type ({', '.join(wrong)})")
-            # every path read from a database must stay inside it (a layer naming '../x' is hostile);
-            # by name here (cheap for any number of files), resolved where a file is opened or deleted
-            for f in set(pc.unique(layers.column("file")).to_pylist()) | set(manifest["files"]):
-                _fs.inside(self._path, f, FILTERS_DIR, resolve=False)
-            self._snap_cache = Snapshot(manifest, models, layers)
             return self._snap_cache
         raise DatabaseError(f"{self._path}: corrupt filter database: a table named by {MANIFEST} is missing "
                             f"({last_exc})")
 
     def _read_manifest(self) -> dict:
-        try:
-            manifest = _fs.read_json_retry(self._path / MANIFEST)
-        except FileNotFoundError:
-            raise DatabaseError(f"{self._path}: corrupt filter database: {MANIFEST} is missing") from None
-        except (OSError, ValueError) as exc:
-            raise DatabaseError(f"{self._path}: corrupt filter database: cannot read {MANIFEST} ({exc})") from None
-        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-            raise DatabaseError(f"{self._path}: corrupt filter database: {MANIFEST} is not a {FORMAT} manifest")
-        _check_version(self._path, manifest.get("schema_version"))
-        for key in ("generation", "models_table", "layers_table", "files", "next_model_id", "next_layer_id"):
-            if key not in manifest:
-                raise DatabaseError(f"{self._path}: corrupt filter database: {MANIFEST} lacks {key!r}")
-        if not isinstance(manifest["files"], list):
-            raise DatabaseError(f"{self._path}: corrupt filter database: {MANIFEST} 'files' is not a list")
-        for key in ("generation", "next_model_id", "next_layer_id"):
-            if not isinstance(manifest[key], int) or isinstance(manifest[key], bool):
-                raise DatabaseError(f"{self._path}: corrupt filter database: {MANIFEST} {key!r} is not a number")
-        _fs.inside(self._path, manifest["models_table"], TABLES_DIR, resolve=False)
-        _fs.inside(self._path, manifest["layers_table"], TABLES_DIR, resolve=False)
-        for f in manifest["files"]:
-            _fs.inside(self._path, f, FILTERS_DIR, resolve=False)
-        return manifest
+        return read_manifest(self._path)
 
     def models(self) -> pd.DataFrame:
         """The models table: one row per model, with its metadata."""
@@ -438,13 +134,13 @@ class FilterDB:
         if model is None:
             return snap.layers.copy()
         names = [model] if isinstance(model, str) else list(model)
-        _require_models(snap, names)
+        require_models(snap, names)
         return snap.layers[snap.layers["model"].isin(names)].reset_index(drop=True)
 
     def model(self, name: str) -> pd.Series:
         """The models-table row of one model."""
         snap = self.snapshot()
-        _require_models(snap, [name])
+        require_models(snap, [name])
         return snap.models[snap.models["model"] == name].iloc[0].copy()
 
     def __contains__(self, name: object) -> bool:
@@ -469,7 +165,7 @@ class FilterDB:
 
         if model is not None:
             names = [model] if isinstance(model, str) else list(model)
-            _require_models(snap, names)
+            require_models(snap, names)
             mask = both(pc.is_in(t.column("model"), pa.array(names, pa.string())))
         if layer is not None:
             wanted = [layer] if isinstance(layer, str) else list(layer)
@@ -510,35 +206,7 @@ class FilterDB:
             raise ValueError("chunk_size must be >= 1")
         snap = self.snapshot()
         sel = self._select(snap, model, layer, where, kernel_size)
-        if sel.num_rows == 0:
-            return
-        lookup = _LayerLookup(snap)
-        # plain arrays and lists: per-layer pandas access would cost more than reading small layers
-        col = {c: sel.column(c) for c in ("model_id", "file", "row_offset", "n_filters", "layer_id", "kernel_h",
-                                          "kernel_w", "dtype", "model")}
-        rank = {mid: i for i, mid in enumerate(snap.models_table.column("model_id").to_pylist())}
-        files = col["file"].to_pylist()
-        offsets = col["row_offset"].to_numpy().astype(np.int64, copy=False)
-        counts = col["n_filters"].to_numpy().astype(np.int64, copy=False)
-        ids = col["layer_id"].to_numpy().astype(np.int64, copy=False)
-        groups: dict[tuple[int, str], list[int]] = {}
-        for i, (mid, f) in enumerate(zip(col["model_id"].to_pylist(), files)):
-            groups.setdefault((rank[mid], f), []).append(i)
-        kh, kw = col["kernel_h"].to_pylist(), col["kernel_w"].to_pylist()
-        dts, names = col["dtype"].to_pylist(), col["model"].to_pylist()
-        for key in sorted(groups, key=lambda k: (k[0], groups[k][0])):
-            idx = sorted(groups[key], key=offsets.__getitem__)
-            lo = [int(offsets[i]) for i in idx]
-            hi = [a + int(counts[i]) for a, i in zip(lo, idx)]
-            gid = [int(ids[i]) for i in idx]
-            i0 = idx[0]
-            with self._reader(key[1], (kh[i0], kw[i0]), dts[i0], names[i0]) as reader:
-                for start, stop in _runs(lo, hi):
-                    pos = start
-                    for arr in _chunked(reader.pieces(start, stop), chunk_size):
-                        end = pos + arr.shape[0]
-                        yield FilterChunk(_chunk_keys(lo, hi, gid, pos, end), arr, lookup)
-                        pos = end
+        yield from iter_chunks(snap, sel, chunk_size, self._reader)
 
     def _reader(self, file: str, kernel: tuple[int, int], dtype: str, model: str) -> FiltersReader:
         try:
@@ -565,7 +233,7 @@ class FilterDB:
     def load_model(self, model: str) -> ModelFilters:
         """A stored model back as :class:`~filterlens.types.ModelFilters` (weights bit-exact)."""
         snap = self.snapshot()
-        _require_models(snap, [model])
+        require_models(snap, [model])
         mrow = snap.models[snap.models["model"] == model].iloc[0]
         layers = []
         for _, r in snap.layers[snap.layers["model"] == model].sort_values("layer_index").iterrows():
@@ -593,7 +261,7 @@ class FilterDB:
             snap = self.snapshot()
             try:
                 return self._query_snapshot(snap, sql, params)
-            except _StaleSnapshot:  # writers committed twice meanwhile: query the newer state
+            except StaleSnapshot:  # writers committed twice meanwhile: query the newer state
                 continue
         raise DatabaseError(f"{self._path}: the database kept changing while the query ran; try again")
 
@@ -619,47 +287,17 @@ class FilterDB:
             # since ``snap`` was taken may have removed files it names.
             if self._read_manifest()["generation"] != snap.generation:
                 self._view_generation = None
-                raise _StaleSnapshot() from None
+                raise StaleSnapshot() from None
             raise DatabaseError(f"query failed: {(str(exc).strip().splitlines() or [''])[0][:300]}") from None
         except AttributeError:  # a statement without a result (e.g. SET)
             return pd.DataFrame()
 
     def _connection(self, snap: Snapshot):
-        import duckdb
-
         if self._view_generation != snap.generation:
             # the configuration of a query connection is locked (see db/sql.py): a new
             # generation, whose files the old one may not read, needs a new connection
             self.close()
-            m = snap.manifest
-            base = self._path
-            self._con = con = _sql.connect()
-            con.create_function("fl_decode", _decode_udf, [duckdb.sqltype("BLOB"), duckdb.sqltype("VARCHAR")],
-                                duckdb.sqltype("DOUBLE[]"), type="arrow")
-            # The views read Arrow objects registered here, never a path: the connection itself
-            # has no file access at all (see db/sql.py), so no statement can read or write one.
-            con.register("_fl_models", snap.models_table)
-            con.register("_fl_layers", snap.layers_table)
-            con.execute("CREATE OR REPLACE VIEW models AS SELECT * FROM _fl_models")
-            con.execute("CREATE OR REPLACE VIEW layers AS SELECT * FROM _fl_layers")
-            con.execute(
-                "CREATE OR REPLACE VIEW layers_full AS SELECT l.*, m.source, m.sha256 AS model_sha256, m.arch, "
-                "m.dataset, m.training, m.threat_model, m.eps, m.clean_acc, m.robust_acc, m.tags "
-                "FROM layers l JOIN models m USING (model_id)")
-            if m["files"]:
-                import pyarrow.dataset as pads
-
-                # each file checked to resolve inside the database (no symlink out)
-                files = [str(_fs.inside(base, f, FILTERS_DIR)) for f in m["files"]]
-                con.register("_fl_filters", pads.dataset(files, schema=_FILTERS_RAW_SCHEMA, format="parquet"))
-                con.execute("CREATE OR REPLACE VIEW filters_raw AS SELECT * FROM _fl_filters")
-            else:
-                con.execute("CREATE OR REPLACE VIEW filters_raw AS SELECT NULL::BIGINT AS layer_id, "
-                            "NULL::INTEGER AS filter, NULL::BLOB AS w WHERE false")
-            con.execute(
-                "CREATE OR REPLACE VIEW filters AS SELECT l.model, l.layer, f.layer_id, f.filter, l.kernel_h, "
-                "l.kernel_w, l.dtype, fl_decode(f.w, l.dtype) AS w FROM filters_raw f JOIN layers l USING (layer_id)")
-            _sql.lock_down(con)
+            self._con = connect_views(self._path, snap)
             self._view_generation = snap.generation
         return self._con
 
@@ -694,100 +332,116 @@ class FilterDB:
         self,
         mf: ModelFilters,
         metadata: Mapping[str, Any] | None = None,
-        layer_metrics: pd.DataFrame | None = None,
+        layer_metrics: LayerMetrics | None = None,
         *,
-        measure: bool = True,
-        kernel_size: KernelSize = 3,
-        threshold: float = DEFAULT_THRESHOLD,
-        inclusive: bool = True,
-        include_transposed: bool = False,
         layer_extra: Mapping[str, Mapping[str, Any]] | None = None,
         _sha256: str | None = None,
     ) -> pd.Series:
         """Add one model atomically; return its models-table row.
 
-        ``metadata``: the models-table fields (``model`` overrides ``mf.name``; ``training``,
-        ``eps``, ... see :func:`~filterlens.db.meta.normalize_metadata`); other keys are kept in
-        ``extra``. ``layer_metrics``: per-layer metrics by ``layer`` name, e.g. from
-        :func:`filterlens.measure.measure_model`; when None and ``measure``, they are computed
-        with :func:`~filterlens.metrics.measure_weight` for the layers of ``kernel_size``
-        (None = all; transposed only with ``include_transposed``). ``layer_extra``: per-layer
-        JSON-able extras by layer name.
+        Parameters
+        ----------
+        mf : ModelFilters
+            The model's conv layers.
+        metadata : mapping, optional
+            The models-table fields (``model`` overrides ``mf.name``; ``training``, ``eps``, ...
+            see :func:`~filterlens.db.meta.normalize_metadata`); other keys are kept in ``extra``.
+        layer_metrics : DataFrame or sequence of dict, optional
+            The layers' metrics, measured beforehand: a table by ``layer`` name as
+            :func:`filterlens.measure.measure_model` returns (layers it lacks are stored as
+            "not measured"), or one dict per layer in order as
+            :func:`filterlens.measure.measure_layers` returns. None: nothing measured.
+        layer_extra : mapping, optional
+            Per-layer JSON-able extras by layer name.
 
-        Raises :class:`DuplicateModelError` when the name or the same weights (sha256) are stored.
+        Raises
+        ------
+        DuplicateModelError
+            When the name or the same weights (sha256) are stored.
+
+        See :meth:`add_layers` to store a model one layer at a time.
         """
+        self._name_of(mf, metadata)
+        validate_layers(mf)
+        metrics = metrics_by_layer(mf, layer_metrics)
+        extra = layer_extra or {}
+        layers = (MeasuredLayer(l, m, extra.get(l.name)) for l, m in zip(mf.layers, metrics))
+        return self.add_layers(mf, layers, metadata, _sha256=_sha256)
+
+    @staticmethod
+    def _name_of(mf: ModelFilters, metadata: Mapping[str, Any] | None) -> tuple[str, dict]:
         meta = normalize_metadata(metadata)
         name = meta.pop("model", None) or mf.name
         if not name or not str(name).strip():
             raise DatabaseError("a model needs a name")
-        _validate_layers(mf)
-        digests = [layer_sha256(l.weight) for l in mf.layers]
-        sha = _sha256 or model_sha256(digests)
-        metrics = _layer_metrics(mf, layer_metrics, measure, kernel_size, threshold, inclusive, include_transposed)
+        return name, meta
 
+    def add_layers(
+        self,
+        model: ModelFilters,
+        layers: Iterable[MeasuredLayer],
+        metadata: Mapping[str, Any] | None = None,
+        *,
+        _sha256: str | None = None,
+    ) -> pd.Series:
+        """Add one model atomically from its layers, taken one at a time; return its row.
+
+        Memory stays at one layer (plus one row group per filters file) whatever the model's
+        size: each layer is validated, hashed and written as it comes, and may be dropped by
+        the caller once the next is asked for.
+
+        Parameters
+        ----------
+        model : ModelFilters
+            The model's name, source, depth source, architecture and warnings; its ``layers``
+            are not read.
+        layers : iterable of MeasuredLayer
+            The layers in order, each with its metrics and extras.
+        metadata : mapping, optional
+            As for :meth:`add`.
+        """
+        name, meta = self._name_of(model, metadata)
         with self._lock():
             snap = self.snapshot()
             self._collect_garbage(snap)
-            _check_new(snap, name, sha)
+            if _sha256 is not None:
+                check_new(snap, name, _sha256)
             manifest = snap.manifest
             model_id = int(manifest["next_model_id"])
             layer_id0 = int(manifest["next_layer_id"])
-            uid = f"{model_id:06d}-{sha[:12]}"
-            tmp_dir = self._path / TMP_DIR
+            # a taken name fails either way; the weights' hash says which message (as for known weights)
+            taken = _sha256 is None and name in set(snap.models_table.column("model").to_pylist())
+            stager = ModelStager(self._path / TMP_DIR, name, model_id, layer_id0, model.depth_source, hash_only=taken)
             staged: list[tuple[Path, Path]] = []
             try:
-                # group the layers by (kernel shape, dtype): one filters file each
-                parts: dict[tuple[int, int, str], list[int]] = {}
-                for i, l in enumerate(mf.layers):
-                    kh, kw = l.kernel_size
-                    parts.setdefault((kh, kw, storage_dtype(l.weight.dtype).name), []).append(i)
-                file_of: dict[int, str] = {}
-                offset_of: dict[int, int] = {}
-                for (kh, kw, dtname), idx in parts.items():
-                    rel = f"{FILTERS_DIR}/{uid}.{kh}x{kw}.{dtname}.parquet"
-                    tmp = tmp_dir / f"{Path(rel).name}.{uuid.uuid4().hex[:8]}.tmp"
-                    staged.append((tmp, self._path / rel))
-                    pieces = [(layer_id0 + i, _filters_of(mf.layers[i])) for i in idx]
-                    offsets = write_filters_file(tmp, pieces, metadata={"filterlens": json.dumps(
-                        {"model": name, "model_id": model_id, "kernel": [kh, kw], "dtype": dtname})})
-                    for i, off in zip(idx, offsets):
-                        file_of[i], offset_of[i] = rel, off
-                now = _now()
-                layer_rows = [
-                    _layer_row(mf, i, layer_id0 + i, model_id, name, file_of[i], offset_of[i], digests[i],
-                               metrics[i], (layer_extra or {}).get(l.name))
-                    for i, l in enumerate(mf.layers)
-                ]
-                extra = meta.pop("extra", None)
-                model_row = {
-                    "model_id": model_id, "model": name, "source": meta.pop("source", None) or mf.source,
-                    "sha256": sha, "arch": meta.pop("arch", None) or mf.arch,
-                    "dataset": meta.pop("dataset", None), "training": meta.pop("training", None) or "unknown",
-                    "threat_model": meta.pop("threat_model", None), "eps": meta.pop("eps", None),
-                    "clean_acc": meta.pop("clean_acc", None), "robust_acc": meta.pop("robust_acc", None),
-                    "tags": meta.pop("tags", None), "depth_source": mf.depth_source,
-                    "n_layers": len(mf.layers), "n_filters": int(sum(l.n_filters for l in mf.layers)),
-                    "added_at": now, "warnings": "; ".join(mf.warnings) or None,
-                    "extra": json.dumps(extra, sort_keys=True, default=str) if extra else None,
-                }
-                models_t = pa.concat_tables([snap.models_table, pa.Table.from_pylist([model_row], MODELS_SCHEMA)],
+                for item in layers:
+                    stager.write(item)
+                sha, files = stager.finish(_sha256)
+                staged = [(tmp, self._path / rel) for tmp, rel in files]
+                if _sha256 is None:
+                    check_new(snap, name, sha)
+                row = model_row(model, meta, name, model_id, sha, len(stager.rows), stager.n_filters, now())
+                models_t = pa.concat_tables([snap.models_table, pa.Table.from_pylist([row], MODELS_SCHEMA)],
                                             promote_options="default")
-                layers_t = pa.concat_tables([snap.layers_table, pa.Table.from_pylist(layer_rows, LAYERS_SCHEMA)],
+                layers_t = pa.concat_tables([snap.layers_table, pa.Table.from_pylist(stager.rows, LAYERS_SCHEMA)],
                                             promote_options="default")
                 _fs.replace_durably(staged)
-                self._commit(snap, models_t, layers_t, manifest["files"] + [str(d.relative_to(self._path)) for _, d in staged],
-                             next_model_id=model_id + 1, next_layer_id=layer_id0 + len(mf.layers))
+                self._commit(snap, models_t, layers_t, manifest["files"] + [rel for _, rel in files],
+                             next_model_id=model_id + 1, next_layer_id=layer_id0 + len(stager.rows))
+            except BaseException:
+                stager.abort()
+                raise
             finally:
                 for tmp, _ in staged:
                     tmp.unlink(missing_ok=True)
-        return _to_pandas(pa.Table.from_pylist([model_row], MODELS_SCHEMA)).iloc[0]
+        return to_pandas(pa.Table.from_pylist([row], MODELS_SCHEMA)).iloc[0]
 
     def remove(self, models: str | Sequence[str]) -> list[str]:
         """Remove models (all or nothing); return their names. Their files are deleted after the commit."""
         names = [models] if isinstance(models, str) else list(models)
         with self._lock():
             snap = self.snapshot()
-            _require_models(snap, names)
+            require_models(snap, names)
             self._collect_garbage(snap)
             keep_m = pc.invert(pc.is_in(snap.models_table.column("model"), pa.array(names, pa.string())))
             keep_l = pc.invert(pc.is_in(snap.layers_table.column("model"), pa.array(names, pa.string())))
@@ -814,36 +468,13 @@ class FilterDB:
         """Database-level attributes (e.g. the layout of an imported HDF5 file)."""
         return dict(self._read_manifest().get("attrs", {}))
 
-    def _commit(self, snap: Snapshot, models_t: pa.Table, layers_t: pa.Table, files: list[str], *,
-                next_model_id: int | None = None, next_layer_id: int | None = None, attrs: dict | None = None) -> None:
-        """Write the new tables under new names, then replace the manifest: the commit point."""
-        m = snap.manifest
-        gen = snap.generation + 1
-        models_rel, layers_rel = _table_names(gen)
-        tmp_dir = self._path / TMP_DIR
-        pairs = []
-        for table, rel in ((models_t, models_rel), (layers_t, layers_rel)):
-            tmp = tmp_dir / f"{Path(rel).name}.{uuid.uuid4().hex[:8]}.tmp"
-            pairs.append((tmp, self._path / rel))
-            pq.write_table(table, tmp, compression="zstd")
-        _fs.replace_durably(pairs)
-        manifest = _manifest(gen, next_model_id if next_model_id is not None else m["next_model_id"],
-                             next_layer_id if next_layer_id is not None else m["next_layer_id"],
-                             models_rel, layers_rel, files, attrs if attrs is not None else m.get("attrs", {}))
-        _fs.write_json_atomic(self._path / MANIFEST, manifest, tmp_dir)
-        self._snap_cache = Snapshot(manifest, models_t, layers_t)
-        # readers may still hold the previous generation: keep it, drop older ones
-        keep = set(_table_names(gen)) | set(_table_names(gen - 1))
-        for p in (self._path / TABLES_DIR).iterdir():
-            if f"{TABLES_DIR}/{p.name}" not in keep:
-                p.unlink(missing_ok=True)
+    def _commit(self, snap: Snapshot, models_t: pa.Table, layers_t: pa.Table, files: list[str], **kw) -> None:
+        """Commit new tables (see :func:`.writer.commit`); the caller holds the lock."""
+        self._snap_cache = commit(self._path, snap, models_t, layers_t, files, **kw)
 
     def _collect_garbage(self, snap: Snapshot) -> None:
         """Remove what killed writers left behind (callers hold the lock)."""
-        for p in (self._path / TMP_DIR).iterdir():
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-        for p in _orphans(self._path, snap):
-            p.unlink(missing_ok=True)
+        collect_garbage(self._path, snap)
 
     # ---- maintenance ---------------------------------------------------------------------
 
@@ -868,7 +499,7 @@ class FilterDB:
             "n_filters": int(layers["n_filters"].sum()) if len(layers) else 0,
             "filters_by_kind": kinds,
             "bytes_on_disk": size,
-            "stray_files": len(_orphans(self._path, snap)),
+            "stray_files": len(orphans(self._path, snap)),
         }
 
     def check(self, deep: bool = False) -> list[str]:
@@ -914,154 +545,3 @@ class FilterDB:
             if rows != (ends[-1] if len(ends) else 0) or (starts[1:] != ends[:-1]).any() or (len(starts) and starts[0] != 0):
                 problems.append(f"{f}: {rows} rows, but its layers do not tile them")
         return problems
-
-
-# --------------------------------------------------------------------------------------------
-# helpers
-
-
-def _version() -> str:
-    try:
-        from .. import __version__
-    except ImportError:  # pragma: no cover
-        __version__ = "unknown"
-    return f"filterlens {__version__}"
-
-
-def _check_version(path: Path, version: Any) -> None:
-    if not isinstance(version, int):
-        raise DatabaseError(f"{path}: corrupt filter database: no schema version")
-    if version > SCHEMA_VERSION:
-        raise DatabaseError(f"{path}: filter database schema version {version} is newer than this filterlens "
-                            f"supports ({SCHEMA_VERSION}); upgrade filterlens")
-    if version < SCHEMA_VERSION:
-        raise DatabaseError(f"{path}: filter database schema version {version} is older than this filterlens "
-                            f"reads ({SCHEMA_VERSION}); re-extract it with this version")
-
-
-def _table_names(gen: int) -> tuple[str, str]:
-    return f"{TABLES_DIR}/models.{gen:06d}.parquet", f"{TABLES_DIR}/layers.{gen:06d}.parquet"
-
-
-def _manifest(gen, next_model_id, next_layer_id, models_rel, layers_rel, files, attrs) -> dict:
-    return {"format": FORMAT, "schema_version": SCHEMA_VERSION, "generation": gen,
-            "next_model_id": int(next_model_id), "next_layer_id": int(next_layer_id),
-            "models_table": models_rel, "layers_table": layers_rel, "files": list(files), "attrs": attrs,
-            "updated_at": _now().isoformat()}
-
-
-def _orphans(path: Path, snap: Snapshot) -> list[Path]:
-    """Files in filters/ and tables/ that no manifest still in use names."""
-    listed = set(snap.manifest["files"])
-    keep = set(_table_names(snap.generation)) | set(_table_names(snap.generation - 1))
-    out = [p for p in (path / FILTERS_DIR).iterdir() if f"{FILTERS_DIR}/{p.name}" not in listed]
-    out += [p for p in (path / TABLES_DIR).iterdir()
-            if f"{TABLES_DIR}/{p.name}" not in keep and _generation_of(p) > snap.generation]
-    return out
-
-
-def _generation_of(p: Path) -> int:
-    try:
-        return int(p.name.split(".")[1])
-    except (IndexError, ValueError):
-        return 1 << 62
-
-
-def _require_models(snap: Snapshot, names: Sequence[str]) -> None:
-    have = set(snap.models_table.column("model").to_pylist())
-    missing = [n for n in names if n not in have]
-    if missing:
-        raise DatabaseError(f"no model {', '.join(map(repr, missing))} in the database")
-
-
-def _check_new(snap: Snapshot, name: str, sha: str) -> None:
-    t = snap.models_table
-    hit = t.filter(pc.equal(t.column("sha256"), sha))
-    if hit.num_rows:
-        existing = hit.column("model")[0].as_py()
-        raise DuplicateModelError(f"{name}: the same weights are already in the database as {existing}", existing)
-    if name in set(t.column("model").to_pylist()):
-        raise DuplicateModelError(f"{name}: a model of that name is already in the database "
-                                  "(choose another name, or remove it first)", name)
-
-
-def _validate_layers(mf: ModelFilters) -> None:
-    if not mf.layers:
-        raise DatabaseError(f"{mf.name}: no conv layers to store")
-    seen = set()
-    for l in mf.layers:
-        w = np.asarray(l.weight)
-        if w.ndim != 4:
-            raise DatabaseError(f"{mf.name}: layer {l.name} has a {w.ndim}-D weight, expected 4-D")
-        if w.dtype.kind != "f":
-            raise DatabaseError(f"{mf.name}: layer {l.name} has {w.dtype} weights, expected floating point")
-        if l.name in seen:
-            raise DatabaseError(f"{mf.name}: two layers are named {l.name}")
-        seen.add(l.name)
-
-
-def _filters_of(layer: ConvLayer) -> np.ndarray:
-    w = np.ascontiguousarray(layer.weight, dtype=storage_dtype(layer.weight.dtype))
-    a, b, kh, kw = w.shape
-    return w.reshape(a * b, kh, kw)
-
-
-def _layer_metrics(mf: ModelFilters, given: pd.DataFrame | None, measure: bool, kernel_size: KernelSize,
-                   threshold: float, inclusive: bool, include_transposed: bool) -> list[dict]:
-    """Per-layer metric dicts (METRIC_COLUMNS), in layer order."""
-    out = []
-    if given is not None:
-        if "layer" not in given.columns:
-            raise DatabaseError("layer_metrics needs a 'layer' column")
-        cols = [c for c in METRIC_COLUMNS if c in given.columns]
-        by_name = {r["layer"]: r for r in given[["layer", *cols]].to_dict("records")}
-        for l in mf.layers:
-            r = by_name.get(l.name)
-            out.append({c: None if pd.isna(r[c]) else r[c] for c in cols} if r else {"notes": "not measured"})
-        return out
-    from ..measure import selects
-
-    chosen = [l for l in mf.layers if measure and selects(l, kernel_size, include_transposed)]
-    measured = dict(zip(map(id, chosen), measure_weights([l.weight for l in chosen], threshold, inclusive)))
-    for l in mf.layers:
-        if id(l) in measured:
-            out.append(measured[id(l)])
-        elif not measure:
-            out.append({"notes": "not measured"})
-        else:
-            why = "transposed" if l.transposed else f"kernel {l.kernel_size[0]}x{l.kernel_size[1]}"
-            out.append({"notes": f"not measured ({why})"})
-    return out
-
-
-def _opt_int(v) -> int | None:
-    return None if v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NA else int(v)
-
-
-def _opt_float(v) -> float | None:
-    return None if v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v)) else float(v)
-
-
-def _layer_row(mf: ModelFilters, index: int, layer_id: int, model_id: int, name: str, file: str, offset: int,
-               sha: str, metrics: Mapping[str, Any], extra: Mapping[str, Any] | None) -> dict:
-    l = mf.layers[index]
-    a, b, kh, kw = l.weight.shape
-    row = {
-        "layer_id": layer_id, "model_id": model_id, "model": name, "layer_index": index, "layer": l.name,
-        "op_type": l.op_type, "kernel_size": kh if kh == kw else None, "kernel_h": kh, "kernel_w": kw,
-        "in_channels": l.in_channels, "out_channels": l.out_channels, "groups": l.groups,
-        "transposed": bool(l.transposed), "dim0": a, "dim1": b, "dtype": storage_dtype(l.weight.dtype).name,
-        "depth": _opt_int(l.depth), "conv_depth": _opt_int(l.conv_depth),
-        "conv_depth_norm": _opt_float(l.conv_depth_norm), "depth_source": mf.depth_source, "sha256": sha,
-        "file": file, "row_offset": offset, "n_filters": a * b,
-        "extra": json.dumps(extra, sort_keys=True, default=str) if extra else None,
-    }
-    for c in METRIC_COLUMNS:
-        v = metrics.get(c)
-        if c == "notes":
-            row[c] = v or None
-        elif c.startswith("n_"):
-            row[c] = _opt_int(v)
-        else:
-            row[c] = _opt_float(v)
-    return row
