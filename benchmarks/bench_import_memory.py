@@ -44,6 +44,7 @@ with h5py.File(path, "r") as f:
     layers = []
     for _, row in flat.iterrows():
         a, b = map(int, row["filter_ids"].split(":"))
+        b += 1  # the published end is inclusive
         c = int(row["out_channels"])
         layers.append(ConvLayer(str(row["layer"]), np.asarray(ds[a:b]).reshape(c, (b - a) // c, 3, 3),
                                 conv_depth=int(row["conv_depth"]), conv_depth_norm=float(row["conv_depth_norm"])))
@@ -69,7 +70,7 @@ def write_dataset(path: Path, n_filters: int, seed: int = 0) -> int:
                 e = min(layer_n, s + (1 << 20))
                 ds[j * layer_n + s:j * layer_n + e] = rng.standard_normal((e - s, 3, 3)) * 0.1
             rows.append({"model_id": 0, "conv_depth": j, "conv_depth_norm": j / (N_LAYERS - 1), "layer_id": j,
-                         "filter_ids": f"{j * layer_n}:{(j + 1) * layer_n}", "model": "big", "layer": f"conv{j}",
+                         "filter_ids": f"{j * layer_n}:{(j + 1) * layer_n - 1}", "model": "big", "layer": f"conv{j}",
                          "in_channels": c, "out_channels": c, "Robust": True, "Training-Dataset": "cifar10"})
     meta = pd.DataFrame(rows).set_index(["model_id", "conv_depth", "conv_depth_norm", "layer_id"])
     meta.to_hdf(path, key="meta", format="fixed")

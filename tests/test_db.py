@@ -484,8 +484,12 @@ def test_metadata_values_are_validated():
                              "tags": "a, b,a", "Paper": "arxiv"})
     assert md["model"] == "x" and md["training"] == "adversarial" and md["clean_acc"] == 91.5
     assert md["tags"] == "a,b" and md["extra"] == {"Paper": "arxiv"}
+    # one vocabulary (filterlens.training.training_label): synonyms are stored as the label
+    assert normalize_metadata({"training": "robust"})["training"] == "adversarial"
+    assert normalize_metadata({"training": "clean"})["training"] == "normal"
+    assert normalize_metadata({"training": "n/a"})["training"] == "unknown"
     with pytest.raises(DatabaseError, match="normal, adversarial, unknown"):
-        normalize_metadata({"training": "robust"})
+        normalize_metadata({"training": "nromal"})
 
 
 def _npz_loader(source, arch, name):
@@ -647,7 +651,7 @@ def test_cli(tmp_path):
     assert r.exit_code == 1 and "already in the database as n0" in r.output
     r = run(app, ["extract", str(zoo / "n0.pt"), "--db", path, "--skip-existing"])
     assert r.exit_code == 0
-    r = run(app, ["extract", str(zoo / "n0.pt"), "--db", path, "--training", "robust"])
+    r = run(app, ["extract", str(zoo / "n0.pt"), "--db", path, "--training", "nromal"])  # robust, AT ... are words
     assert isinstance(r.exception, DatabaseError)
     assert run(app, ["db", "remove", "n1", "--db", path, "--yes"]).exit_code == 0
     assert run(app, ["db", "check", "--db", path, "--deep"]).exit_code == 0

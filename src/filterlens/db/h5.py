@@ -28,10 +28,10 @@ import numpy as np
 import pandas as pd
 
 from ..errors import FilterlensError
+from ..training import UNKNOWN, TrainingLabelError, training_label
 from ..types import ConvLayer, ModelFilters
 from .errors import DatabaseError, DuplicateModelError
 from .filestore import FiltersReader
-from .schema import TRAINING_VALUES
 from .store import FilterDB
 from .writer import MeasuredLayer
 
@@ -99,15 +99,24 @@ def parse_filter_ids(text: Any) -> tuple[int, int]:
     return start, end + 1
 
 
-def _robust_to_training(v: Any) -> str:
-    if isinstance(v, (bool, np.bool_)):
-        return "adversarial" if v else "normal"
-    text = str(v).strip().lower()
-    if text in ("true", "1", "yes", "robust", "adversarial"):
-        return "adversarial"
-    if text in ("false", "0", "no", "normal"):
-        return "normal"
-    return "unknown"
+def _training_of(first: pd.Series) -> str | None:
+    """A model's training from its meta row (:func:`filterlens.training.training_label`): the
+    ``training`` column where it names one (export_h5 writes it), else the paper's ``Robust``
+    flag; a word neither knows is stored as ``unknown`` (the file is not refused for it)."""
+    if "training" in first.index and not pd.isna(first["training"]):
+        label = _label(first["training"])
+        if label is not None or str(first["training"]).strip().lower() == UNKNOWN:
+            return label or UNKNOWN
+    if "Robust" in first.index and not pd.isna(first["Robust"]):
+        return _label(first["Robust"]) or UNKNOWN
+    return None
+
+
+def _label(value: Any) -> str | None:
+    try:
+        return training_label(value)
+    except TrainingLabelError:
+        return None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -232,10 +241,9 @@ def import_h5(
             for col, key in MODEL_COLUMNS.items():
                 if col in grp.columns and not pd.isna(first[col]):
                     md[key] = _from_percent(first[col]) if col in PERCENT_COLUMNS else first[col]
-            if "training" in grp.columns and str(first["training"]).strip().lower() in TRAINING_VALUES:
-                md["training"] = str(first["training"]).strip().lower()  # written by export_h5
-            elif "Robust" in grp.columns and not pd.isna(first["Robust"]):
-                md["training"] = _robust_to_training(first["Robust"])
+            training = _training_of(first)
+            if training is not None:
+                md["training"] = training
             try:
                 # one layer in memory at a time: read, measured, written, dropped
                 row = db.add_layers(mf, _h5_layers(ds, grp, flat.columns, (kh, kw), depth_per_layer, measure, path), md)

@@ -11,7 +11,7 @@ import pandas as pd
 
 from ..budget import parse_fraction
 from .errors import DatabaseError
-from .schema import TRAINING_VALUES
+from ..training import TRAINING_VALUES, UNKNOWN, TrainingLabelError, training_label
 
 #: Metadata fields with a column of their own in the models table.
 META_FIELDS = ("model", "source", "arch", "dataset", "training", "threat_model", "eps",
@@ -43,13 +43,16 @@ def parse_eps(value: Any) -> float | None:
 
 
 def parse_training(value: Any) -> str | None:
-    """``normal``, ``adversarial`` or ``unknown`` (any case); empty -> None."""
+    """The stored training label of any spelling (see :func:`filterlens.training.training_label`):
+    ``adversarial`` (robust, AT, pgd ...), ``normal`` (clean, standard ...) or ``unknown``;
+    empty -> None."""
     if _missing(value):
         return None
-    text = str(value).strip().lower()
-    if text not in TRAINING_VALUES:
-        raise DatabaseError(f"training must be one of {', '.join(TRAINING_VALUES)}, not {value!r}")
-    return text
+    try:
+        return training_label(value) or UNKNOWN
+    except TrainingLabelError:
+        raise DatabaseError(f"training must be one of {', '.join(TRAINING_VALUES)} (or a synonym such as "
+                            f"robust, AT, pgd, clean, standard), not {value!r}") from None
 
 
 def _parse_float(value: Any, field: str) -> float | None:

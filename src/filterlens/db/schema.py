@@ -23,6 +23,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 from ..metrics import LAYER_METRIC_COLUMNS
+from ..training import TRAINING_VALUES  # noqa: F401 - the labels a models-table ``training`` holds
 
 FORMAT = "filterlens-db"
 SCHEMA_VERSION = 1
@@ -33,8 +34,6 @@ TABLES_DIR = "tables"
 FILTERS_DIR = "filters"
 TMP_DIR = "tmp"
 LOCK = ".lock"
-
-TRAINING_VALUES = ("normal", "adversarial", "unknown")
 
 #: Target size of a row group of a filters file (131072 3x3 float32 filters). Groups of a few
 #: MB stream fastest: they stay in the CPU cache while pyarrow decodes them.
