@@ -17,7 +17,7 @@ import torch.nn as nn
 from filterlens.data import ArrayDataset
 from filterlens.errors import FilterlensError
 from filterlens.robust import (
-    TrainConfig, clean_accuracy, fgsm, load_model, parse_eps, pgd, pgd_accuracy, read_card, save_model,
+    TrainConfig, clean_accuracy, fgsm, load_module_and_card, parse_eps, pgd, pgd_accuracy, read_card, save_model,
     train_model, update_card,
 )
 from filterlens.robust.attacks import format_eps
@@ -193,7 +193,7 @@ def test_safetensors_and_card_round_trip(tmp_path: Path) -> None:
     path = tmp_path / "m.safetensors"
     save_model(model, path, card)
     assert (tmp_path / "m.json").is_file()
-    loaded, card2 = load_model(path)
+    loaded, card2 = load_module_and_card(path)
     assert card2["arch_kwargs"] == kw and card2["format"].startswith("filterlens-model-card")
     for (k, a), (k2, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert k == k2 and torch.equal(a, b)
@@ -209,14 +209,14 @@ def test_model_file_errors(tmp_path: Path) -> None:
 
     path = tmp_path / "m.safetensors"
     with pytest.raises(ModelFileError, match="no such model file"):
-        load_model(path)
+        load_module_and_card(path)
     save_model(create_arch("small_vgg8", width=2), path, {"arch": "small_vgg8", "arch_kwargs": {"width": 2}})
     (tmp_path / "m.json").write_text(json.dumps({"arch": "small_vgg8", "arch_kwargs": {"width": 4}}))
     with pytest.raises(ModelFileError, match="do not fit"):
-        load_model(path)
+        load_module_and_card(path)
     (tmp_path / "m.json").unlink()
     with pytest.raises(ModelFileError, match="no model card"):
-        load_model(path)
+        load_module_and_card(path)
     with pytest.raises(ModelFileError, match=".safetensors"):
         save_model(create_arch("small_vgg8", width=2), tmp_path / "m.pt", {})
 

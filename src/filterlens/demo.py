@@ -99,7 +99,7 @@ def build_zoo_db(db_path: Path, on_model: Callable[[str], None] | None = None):
     from . import zoo
     from .db import FilterDB
     from .measure import measure_layers
-    from .robust.card import load_model
+    from .robust.card import load_module_and_card
     from .sources import from_module
 
     rows = zoo.list_models()
@@ -109,7 +109,7 @@ def build_zoo_db(db_path: Path, on_model: Callable[[str], None] | None = None):
     db = FilterDB.create(db_path)
     for row in rows:
         path = zoo.model_path(row["name"])
-        module, card = load_model(path)
+        module, card = load_module_and_card(path)
         mf = from_module(module, name=row["name"], source=f"zoo:{row['name']}", arch=card.get("arch"),
                          input_shape=tuple(card.get("input_shape") or ()) or None)
         db.add(mf, card_metadata(card), measure_layers(mf.layers))
@@ -128,13 +128,13 @@ def zoo_first_layer(dataset: str = "cifar10", n: int = 64, steps: int = 5, n_boo
     from .firstlayer import first_layer_study
     from .data import DataError, load_dataset
     from .robust.attacks import parse_eps
-    from .robust.card import load_model
+    from .robust.card import load_module_and_card
 
     entries, eps = [], None
     for row in zoo.list_models():
         if row.get("dataset") != dataset:
             continue
-        module, card = load_model(zoo.model_path(row["name"]))
+        module, card = load_module_and_card(zoo.model_path(row["name"]))
         method = (card.get("training") or {}).get("method", "unknown")
         entries.append((row["name"], module.eval(), method))
         if training_label(method) == ADVERSARIAL:

@@ -230,7 +230,7 @@ class FilterDB:
         filters, r = self._read_layer(model, layer)
         return filters.reshape(r["dim0"], r["dim1"], r["kernel_h"], r["kernel_w"])
 
-    def load_model(self, model: str) -> ModelFilters:
+    def model_filters(self, model: str) -> ModelFilters:
         """A stored model back as :class:`~filterlens.types.ModelFilters` (weights bit-exact)."""
         snap = self.snapshot()
         require_models(snap, [model])

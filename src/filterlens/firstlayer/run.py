@@ -47,10 +47,10 @@ def resolve_model(spec: str, arch: str | None = None) -> tuple[str, nn.Module, d
     path = Path(spec).expanduser()
     if not path.is_file():
         raise FilterlensError(f"{spec}: no such model file (use zoo:NAME for a bundled zoo model)")
-    from ..robust.card import card_path, load_model
+    from ..robust.card import card_path, load_module_and_card
 
     if path.suffix == ".safetensors" and card_path(path).is_file():  # the card names the architecture
-        module, card = load_model(path)
+        module, card = load_module_and_card(path)
         return str(card.get("name") or path.stem), module.eval(), card
     if path.name.lower().endswith(_ONNX_SUFFIXES):
         raise FilterlensError(f"{spec}: ONNX models cannot be attacked here; pass a torch checkpoint with --arch")

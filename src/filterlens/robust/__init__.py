@@ -6,13 +6,13 @@ Modules: ``attacks`` (FGSM, PGD, AutoAttack), ``train`` (normal / PGD / FGSM-RS 
 """
 
 from .attacks import AttackError, autoattack, fgsm, format_eps, parse_eps, pgd
-from .card import ModelFileError, card_path, load_model, read_card, save_model, update_card, write_card
+from .card import ModelFileError, card_path, load_module_and_card, read_card, save_model, update_card, write_card
 from .evaluate import autoattack_accuracy, clean_accuracy, evaluate_dataset, pgd_accuracy, robust_accuracy
 from .train import METHODS, TrainConfig, TrainingError, TrainResult, seed_everything, train_model
 
 __all__ = [
     "AttackError", "METHODS", "ModelFileError", "TrainConfig", "TrainResult", "TrainingError",
     "autoattack", "autoattack_accuracy", "card_path", "clean_accuracy", "evaluate_dataset",
-    "fgsm", "format_eps", "load_model", "parse_eps", "pgd", "pgd_accuracy", "read_card",
+    "fgsm", "format_eps", "load_module_and_card", "parse_eps", "pgd", "pgd_accuracy", "read_card",
     "robust_accuracy", "save_model", "seed_everything", "train_model", "update_card", "write_card",
 ]

@@ -1,7 +1,7 @@
 """Weights as safetensors, with a JSON model card beside them (``model.safetensors`` + ``model.json``).
 
 The card names the architecture and its keyword arguments (including the normalisation
-``mean``/``std``), so :func:`load_model` can rebuild the module from the registry.
+``mean``/``std``), so :func:`load_module_and_card` can rebuild the module from the registry.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def build_from_card(card: dict) -> nn.Module:
     return create_arch(card["arch"], **card.get("arch_kwargs", {}))
 
 
-def load_model(path: str | os.PathLike, *, strict: bool = True) -> tuple[nn.Module, dict]:
+def load_module_and_card(path: str | os.PathLike, *, strict: bool = True) -> tuple[nn.Module, dict]:
     """Rebuild a model from ``x.safetensors`` and ``x.json``; returns ``(model in eval mode, card)``."""
     from safetensors.torch import load_file
 

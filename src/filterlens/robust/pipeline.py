@@ -14,7 +14,7 @@ import torch
 
 from ..errors import FilterlensError
 from .attacks import format_eps
-from .card import load_model, read_card, save_model, update_card
+from .card import load_module_and_card, read_card, save_model, update_card
 from .evaluate import evaluate_dataset
 from .train import TrainConfig, seed_everything, torch_settings, train_model
 
@@ -216,7 +216,7 @@ def evaluate_model_file(
 
     from ..data import dataset_key
 
-    model, card = load_model(path)
+    model, card = load_module_and_card(path)
     dataset = dataset or card.get("dataset")
     if not dataset:
         raise FilterlensError("the card names no data set; pass --dataset")

@@ -34,9 +34,9 @@ def model_path(name: str) -> Path:
 
 def load(name: str):
     """``(model in eval mode, card)`` of zoo model ``name``."""
-    from ..robust.card import load_model
+    from ..robust.card import load_module_and_card
 
-    return load_model(model_path(name))
+    return load_module_and_card(model_path(name))
 
 
 __all__ = ["INDEX_FILE", "WEIGHTS_DIR", "ZOO_DIR", "list_models", "load", "model_path"]
