@@ -16,14 +16,16 @@ from typing import Iterator
 
 
 @contextmanager
-def atomic_path(path: str | PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; it replaces ``path`` only if the block succeeds.
+def atomic_path(path: str | PathLike, *, tmp_dir: str | PathLike | None = None) -> Iterator[Path]:
+    """Yield a temporary path; it replaces ``path`` only if the block succeeds.
 
-    The parent folder must exist. The file gets the usual permissions (``0666 & ~umask``), not
+    The temporary file lies beside ``path``, or in ``tmp_dir`` (on the same file system; a
+    database keeps its own so a killed writer's leftovers are collected there). The parent
+    folder must exist. The file gets the usual permissions (``0666 & ~umask``), not
     ``mkstemp``'s private 0600.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=tmp_dir or path.parent)
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
@@ -42,4 +44,11 @@ def write_text_atomic(path: str | PathLike, text: str, encoding: str = "utf-8") 
     """Write ``text`` to ``path`` atomically; returns the path."""
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding=encoding)
+    return Path(path)
+
+
+def write_bytes_atomic(path: str | PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically; returns the path."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
     return Path(path)

@@ -8,7 +8,9 @@ from typing import Iterable, Sequence
 import pandas as pd
 
 from .errors import FilterlensError
-from .metrics import DEFAULT_THRESHOLD, LAYER_METRIC_COLUMNS, aggregate, measure_weights
+from .kernel_size import KernelSize, kernel_label, kernel_pair
+from .metrics import (DEFAULT_THRESHOLD, LAYER_METRIC_COLUMNS, UNUSED_NOTE, aggregate, measure_weights,
+                      used_layers)
 from .sources import ModelSource, load_model
 from .types import ConvLayer, ModelFilters
 
@@ -24,6 +26,7 @@ LAYER_COLUMNS = [
     "out_channels",
     "groups",
     "transposed",
+    "unused",
     "depth",
     "conv_depth",
     "conv_depth_norm",
@@ -35,17 +38,28 @@ class NoLayersError(FilterlensError):
     """No conv layer of the requested kind to measure."""
 
 
-KernelSize = int | tuple[int, int] | None
 
 
 def selects(layer: ConvLayer, kernel_size: KernelSize, include_transposed: bool) -> bool:
-    """Whether a layer is measured: its kernel size matches (None = any), transposed only if asked."""
+    """Whether a layer is measured: used by the forward pass, its kernel size matches (None =
+    any), transposed only if asked."""
+    return not layer.unused and _of_kind(layer, kernel_size, include_transposed)
+
+
+def _of_kind(layer: ConvLayer, kernel_size: KernelSize, include_transposed: bool) -> bool:
+    """The layer is of the kind asked for (kernel size, transposed), used or not."""
     if layer.transposed and not include_transposed:
         return False
     if kernel_size is None:
         return True
-    want = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
-    return layer.kernel_size == want
+    return layer.kernel_size == kernel_pair(kernel_size)
+
+
+def unused_metrics(layer: ConvLayer) -> dict:
+    """The metrics of an unused layer: none (NaN), its filters counted, ``notes`` saying why."""
+    row = {c: float("nan") for c in LAYER_METRIC_COLUMNS}
+    row.update(n_filters=layer.n_filters, n_sparse=0, n_nonsparse=0, notes=UNUSED_NOTE)
+    return row
 
 
 def layer_record(mf: ModelFilters, layer: ConvLayer, metrics: dict) -> dict:
@@ -62,6 +76,7 @@ def layer_record(mf: ModelFilters, layer: ConvLayer, metrics: dict) -> dict:
         "out_channels": layer.out_channels,
         "groups": layer.groups,
         "transposed": layer.transposed,
+        "unused": layer.unused,
         "depth": layer.depth,
         "conv_depth": layer.conv_depth,
         "conv_depth_norm": layer.conv_depth_norm,
@@ -80,12 +95,16 @@ def measure_model(
     """Per-layer metrics of an extracted model (see :data:`LAYER_COLUMNS`).
 
     Only layers of ``kernel_size`` (3x3 by default, ``None`` for all) are measured;
-    transposed convs only with ``include_transposed``. Depth is always ranked over all conv
-    layers of the model, whatever is selected. May return an empty table.
+    transposed convs only with ``include_transposed``. Unused convs of that kind (never
+    called by the forward pass) are listed, ``unused`` True, but not measured: NaN metrics
+    and a note; :func:`summarize` and the analyses leave them out. Depth is always ranked over
+    all conv layers of the model, whatever is selected. May return an empty table.
     """
-    layers = [layer for layer in mf.layers if selects(layer, kernel_size, include_transposed)]
-    metrics = measure_weights([layer.weight for layer in layers], threshold, inclusive)
-    rows = [layer_record(mf, layer, m) for layer, m in zip(layers, metrics)]
+    layers = [layer for layer in mf.layers if _of_kind(layer, kernel_size, include_transposed)]
+    used = [layer for layer in layers if not layer.unused]
+    metrics = dict(zip(map(id, used), measure_weights([layer.weight for layer in used], threshold, inclusive)))
+    rows = [layer_record(mf, layer, metrics[id(layer)] if id(layer) in metrics else unused_metrics(layer))
+            for layer in layers]
     df = pd.DataFrame(rows, columns=LAYER_COLUMNS)
     check_measurable(mf, df)
     return df.astype({"conv_depth": "Int64", "depth": "Int64", "kernel_size": "Int64"})
@@ -99,9 +118,9 @@ def measure_layers(
     include_transposed: bool = False,
 ) -> list[dict]:
     """One metrics dict per layer, in order, for storing (see :meth:`FilterDB.add`): the layers
-    :func:`selects` picks are measured; the others get ``notes`` "not measured (kernel KxK)"
-    or "not measured (transposed)". Each layer is measured on its own, so measuring a model
-    one layer at a time gives the same values."""
+    :func:`selects` picks are measured; the others get ``notes`` "not measured (kernel KxK)",
+    "not measured (transposed)" or :data:`~filterlens.metrics.UNUSED_NOTE`. Each layer is
+    measured on its own, so measuring a model one layer at a time gives the same values."""
     layers = list(layers)
     chosen = [layer for layer in layers if selects(layer, kernel_size, include_transposed)]
     measured = dict(zip(map(id, chosen), measure_weights([layer.weight for layer in chosen], threshold, inclusive)))
@@ -109,6 +128,8 @@ def measure_layers(
     for layer in layers:
         if id(layer) in measured:
             out.append(measured[id(layer)])
+        elif layer.unused:
+            out.append({"notes": UNUSED_NOTE})
         else:
             why = "transposed" if layer.transposed else f"kernel {layer.kernel_size[0]}x{layer.kernel_size[1]}"
             out.append({"notes": f"not measured ({why})"})
@@ -117,7 +138,9 @@ def measure_layers(
 
 def check_measurable(mf: ModelFilters, df: pd.DataFrame) -> None:
     """The rule ``metrics`` and ``extract`` share: a model whose every selected layer has NaN,
-    Inf or complex weights is refused (:class:`NoLayersError`), not stored or shown as NaN."""
+    Inf or complex weights is refused (:class:`NoLayersError`), not stored or shown as NaN.
+    Unused layers take no part."""
+    df = used_layers(df)
     if df.empty:
         return
     notes = df["notes"].fillna("")
@@ -128,7 +151,7 @@ def check_measurable(mf: ModelFilters, df: pd.DataFrame) -> None:
 
 
 def describe_kernels(mf: ModelFilters) -> str:
-    sizes = sorted({f"{l.kernel_size[0]}x{l.kernel_size[1]}" for l in mf.layers})
+    sizes = sorted({f"{l.kernel_size[0]}x{l.kernel_size[1]}" for l in mf.layers if not l.unused})
     return ", ".join(sizes)
 
 
@@ -148,20 +171,11 @@ def measure(
     """
     mf = load_model(source, arch=arch, name=name)
     df = measure_model(mf, kernel_size, threshold, inclusive, include_transposed)
-    if df.empty:
+    if used_layers(df).empty:
         raise no_layers_error(mf, kernel_size)
     for note in mf.warnings:
         warnings.warn(f"{mf.name}: {note}", stacklevel=2)
     return df
-
-
-def kernel_label(kernel_size: KernelSize) -> str:
-    """``3`` -> ``"3x3"``, ``(1, 3)`` -> ``"1x3"``, ``None`` -> ``"any"``."""
-    if kernel_size is None:
-        return "any"
-    if isinstance(kernel_size, int):
-        return f"{kernel_size}x{kernel_size}"
-    return "x".join(map(str, kernel_size))
 
 
 def no_layers_error(mf: ModelFilters, kernel_size: KernelSize) -> NoLayersError:
@@ -173,7 +187,8 @@ def no_layers_error(mf: ModelFilters, kernel_size: KernelSize) -> NoLayersError:
 
 
 def summarize(layers: pd.DataFrame, by: str | Sequence[str] = "model") -> pd.DataFrame:
-    """Aggregate a per-layer table per model (or per ``by``) with the documented weights."""
+    """Aggregate a per-layer table per model (or per ``by``) with the documented weights
+    (unused layers left out, see :func:`filterlens.metrics.aggregate`)."""
     return aggregate(layers, by=list(by) if not isinstance(by, str) else by)
 
 

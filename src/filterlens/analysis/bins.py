@@ -11,9 +11,9 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable
 
-import numpy as np
 import pandas as pd
 
+from ..kernel_size import parse_kernel_size
 from ..metrics import aggregate
 
 #: The label of the first layer's bin.
@@ -121,35 +121,20 @@ def model_bin_table(
     return table.reset_index(drop=True)
 
 
-def parse_kernel_size(value: Any) -> tuple[int, int] | None:
-    """``"3x3"``, ``"(3, 3)"``, ``(3, 3)``, ``[3, 3]`` or ``3`` -> ``(3, 3)``; else ``None``."""
-    if value is None:
-        return None
-    if isinstance(value, (int, np.integer)):
-        return int(value), int(value)
-    if isinstance(value, str):
-        digits = [int(t) for t in "".join(c if c.isdigit() else " " for c in value).split()]
-        if len(digits) == 1:
-            return digits[0], digits[0]
-        return (digits[0], digits[1]) if len(digits) == 2 else None
-    try:
-        seq = [int(v) for v in value]
-    except (TypeError, ValueError):
-        return None
-    return (seq[0], seq[1]) if len(seq) == 2 else None
-
-
 def select_layers(
     layers: pd.DataFrame,
     kernel_size: tuple[int, int] | None = (3, 3),
     include_transposed: bool = False,
 ) -> pd.DataFrame:
-    """The layers the paper measures: ``kernel_size`` filters (``None``: any), no transposed.
+    """The layers the paper measures: ``kernel_size`` filters (``None``: any), no transposed,
+    none flagged ``unused`` (never called by the forward pass: never analysed).
 
     Kernel size comes from a ``kernel_size`` column (see :func:`parse_kernel_size`) or from
     ``kh``/``kw`` columns; a table with neither is kept whole.
     """
     keep = pd.Series(True, index=layers.index)
+    if "unused" in layers.columns:
+        keep &= ~layers["unused"].fillna(False).astype(bool)
     if kernel_size is not None:
         want = tuple(int(k) for k in kernel_size)
         if "kernel_size" in layers.columns:

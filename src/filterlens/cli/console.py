@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import sys
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Iterator, TypeVar
@@ -16,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from ..atomic import atomic_path as _atomic_path
 from ..errors import FilterlensError
 
 if TYPE_CHECKING:  # pandas is imported where a table is written: `--help` needs none of it
@@ -58,30 +57,20 @@ def progress(items: Iterable[T], total: int, label: str, enabled: bool = True) -
 
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """A temporary path beside ``path`` that replaces it only if the block succeeds."""
+    """A temporary path beside ``path`` that replaces it only if the block succeeds
+    (:func:`filterlens.atomic.atomic_path`); a disk that is full, read-only or closed to us is
+    one :class:`FilterlensError` line."""
     path = Path(path)
     if path.is_dir():
         raise FilterlensError(f"{path}: is a directory; give a file name to write")
     if path.parent and not path.parent.exists():
         raise FilterlensError(f"{path}: the folder {path.parent} does not exist")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    except OSError as exc:  # a read-only or full disk, a folder we may not write to
-        raise FilterlensError(f"{path}: cannot write ({exc.strerror or exc})") from None
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a result file should be like any other
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
+        with _atomic_path(path) as tmp:
+            yield tmp
     except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
         if exc.errno in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EISDIR):
             raise FilterlensError(f"{path}: cannot write ({exc.strerror or exc})") from None
-        raise
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
         raise
 
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, List, Optional
 
 import typer
 
 from ..errors import FilterlensError
+from ..kernel_size import parse_kernel_option
 from .console import FORMATS, emit, error, progress, warn
 
 if TYPE_CHECKING:
@@ -18,25 +18,13 @@ TABLE_COLUMNS = ["model", "layer", "kernel_size", "in_channels", "out_channels",
                  "conv_depth_norm", "n_filters", "sparsity", "variance_entropy", "orthogonality"]
 
 
-def parse_kernel_size(text: str):
-    """``3`` -> 3, ``1x3`` -> (1, 3), ``all`` -> None."""
-    text = text.strip().lower()
-    if text == "all":
-        return None
-    m = re.fullmatch(r"(\d+)(?:x(\d+))?", text)
-    if not m:
-        raise FilterlensError(f"--kernel-size must be like 3, 1x3 or all, not {text!r}")
-    kh = int(m.group(1))
-    return kh if m.group(2) is None or int(m.group(2)) == kh else (kh, int(m.group(2)))
-
-
 def check_measure_options(sources, name: str | None, threshold: float, kernel_size: str):
     """Validate the options ``metrics`` and ``extract`` share; returns the parsed kernel size."""
     if name and len(sources) > 1:
         raise FilterlensError("--name applies to a single source")
     if not 0 < threshold < 1:
         raise FilterlensError("--threshold must be between 0 and 1")
-    return parse_kernel_size(kernel_size)
+    return parse_kernel_option(kernel_size)
 
 
 def measure_sources(sources, arch, name, kernel_size, threshold, inclusive, include_transposed,
@@ -45,6 +33,7 @@ def measure_sources(sources, arch, name, kernel_size, threshold, inclusive, incl
     import pandas as pd
 
     from ..measure import measure_model, no_layers_error
+    from ..metrics import used_layers
     from ..sources import load_model
 
     frames, failures = [], 0
@@ -52,10 +41,11 @@ def measure_sources(sources, arch, name, kernel_size, threshold, inclusive, incl
         try:
             mf = load_model(source, arch=arch, name=name)
             df = measure_model(mf, kernel_size, threshold, inclusive, include_transposed)
-            if df.empty:
+            measured = used_layers(df)  # unused layers are listed, never measured
+            if measured.empty:
                 raise no_layers_error(mf, kernel_size)
-            bad = df[df["notes"].str.contains("non-finite", na=False)]
-            if len(bad) == len(df):
+            bad = measured[measured["notes"].str.contains("non-finite", na=False)]
+            if len(bad) == len(measured):
                 raise FilterlensError(f"{source}: nothing could be measured: every layer has NaN or Inf weights")
             for note in mf.warnings:
                 warn(f"{mf.name}: {note}")
@@ -89,11 +79,12 @@ def metrics(
     table, failures = measure_sources(sources, arch, name, ks, threshold, not exclusive, include_transposed)
     if table.empty:
         raise typer.Exit(1)
+    columns = TABLE_COLUMNS + (["unused"] if table["unused"].any() else [])  # flagged rows: say why NaN
     if summary:
         from ..measure import summarize
 
-        table = summarize(table)
-    emit(table, fmt, out_file, None if summary else TABLE_COLUMNS, short_headers=not summary)
+        table = summarize(table)  # unused layers left out
+    emit(table, fmt, out_file, None if summary else columns, short_headers=not summary)
     if failures:
         raise typer.Exit(1)
 

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from ..atomic import atomic_path
 from .errors import DatabaseError
 
 
@@ -90,14 +91,12 @@ def replace_durably(pairs: list[tuple[Path, Path]]) -> None:
 
 
 def write_json_atomic(path: Path, obj: Any, tmp_dir: Path) -> None:
-    """Write ``obj`` as JSON to ``path``: readers see the old or the new file, never a mix."""
-    tmp = tmp_dir / f"{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write ``obj`` as JSON to ``path``: readers see the old or the new file, never a mix. The
+    temporary file lies in ``tmp_dir`` (collected if the writer dies); the folder is fsynced."""
+    with atomic_path(path, tmp_dir=tmp_dir) as tmp:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=1, sort_keys=True)
+            f.write("\n")
     fsync_dir(path.parent)
 
 

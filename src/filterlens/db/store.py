@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from ..kernel_size import KernelSize, kernel_pair
 from ..types import ConvLayer, ModelFilters
 from . import _fs
 from . import sql as _sql
@@ -44,8 +45,6 @@ from .writer import MeasuredLayer, ModelStager, collect_garbage, commit
 
 __all__ = ["CHUNK_KEY_DTYPE", "FilterChunk", "FilterDB", "KernelSize", "MeasuredLayer", "Snapshot", "layer_sha256",
            "model_sha256"]
-
-KernelSize = int | tuple[int, int] | None
 
 
 class FilterDB:
@@ -175,7 +174,7 @@ class FilterDB:
                 if missing:
                     raise DatabaseError(f"no layer {', '.join(sorted(missing))} in {model}")
         if kernel_size is not None:
-            kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
+            kh, kw = kernel_pair(kernel_size)
             mask = both(pc.and_(pc.equal(t.column("kernel_h"), kh), pc.equal(t.column("kernel_w"), kw)))
         if where is not None:
             cond = _sql.check_condition(where, "where")
@@ -239,7 +238,7 @@ class FilterDB:
         for _, r in snap.layers[snap.layers["model"] == model].sort_values("layer_index").iterrows():
             layers.append(ConvLayer(
                 name=r["layer"], weight=self.weight(model, r["layer"]), groups=int(r["groups"]),
-                transposed=bool(r["transposed"]), op_type=r["op_type"],
+                transposed=bool(r["transposed"]), op_type=r["op_type"], unused=bool(r["unused"]),
                 depth=None if pd.isna(r["depth"]) else int(r["depth"]),
                 conv_depth=None if pd.isna(r["conv_depth"]) else int(r["conv_depth"]),
                 conv_depth_norm=None if pd.isna(r["conv_depth_norm"]) else float(r["conv_depth_norm"])))

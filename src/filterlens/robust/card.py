@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch.nn as nn
 
+from ..atomic import write_bytes_atomic
 from ..errors import FilterlensError
 from ..jsonable import to_jsonable
 
@@ -31,15 +31,7 @@ def card_path(weights: str | os.PathLike) -> Path:
 
 def _atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_bytes_atomic(path, data)
 
 
 def write_card(path: str | os.PathLike, card: dict) -> Path:

@@ -22,9 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-ZOO_DIR = Path(__file__).resolve().parent
-WEIGHTS_DIR = ZOO_DIR / "weights"
-INDEX_FILE = ZOO_DIR / "index.json"
+from . import INDEX_FILE, WEIGHTS_DIR  # the zoo's paths are defined once, in zoo/__init__
 
 CIFAR_EPS = "8/255"
 MNIST_EPS = "0.3"
