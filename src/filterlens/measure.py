@@ -166,16 +166,30 @@ def measure(
 ) -> pd.DataFrame:
     """Load ``source`` (see :func:`filterlens.load_model`) and return its per-layer metrics.
 
-    Raises :class:`NoLayersError` when the model has no layer of ``kernel_size``. Warnings
-    about the source (approximate depth, unmeasurable layers) are issued as ``UserWarning``.
+    Raises :class:`NoLayersError` when the model has no layer of ``kernel_size``. Notes about
+    the source (approximate depth, layers with NaN or Inf weights) are issued as
+    :class:`MeasureWarning` (a ``UserWarning``), one per note.
     """
     mf = load_model(source, arch=arch, name=name)
     df = measure_model(mf, kernel_size, threshold, inclusive, include_transposed)
     if used_layers(df).empty:
         raise no_layers_error(mf, kernel_size)
-    for note in mf.warnings:
-        warnings.warn(f"{mf.name}: {note}", stacklevel=2)
+    for note in measure_notes(mf, df):
+        warnings.warn(note, MeasureWarning, stacklevel=2)
     return df
+
+
+class MeasureWarning(UserWarning):
+    """A note about a measured model: approximate depth, a layer with NaN or Inf weights."""
+
+
+def measure_notes(mf: ModelFilters, df: pd.DataFrame) -> list[str]:
+    """The notes :func:`measure` warns about: the source's own, then one per layer whose
+    weights are NaN or Inf (its metrics are NaN)."""
+    notes = [f"{mf.name}: {note}" for note in mf.warnings]
+    bad = df[df["notes"].str.contains("non-finite", na=False)] if "notes" in df.columns else df.iloc[:0]
+    notes += [f"{mf.name}: layer {layer} has NaN or Inf weights; its metrics are NaN" for layer in bad["layer"]]
+    return notes
 
 
 def no_layers_error(mf: ModelFilters, kernel_size: KernelSize) -> NoLayersError:

@@ -29,32 +29,31 @@ def check_measure_options(sources, name: str | None, threshold: float, kernel_si
 
 def measure_sources(sources, arch, name, kernel_size, threshold, inclusive, include_transposed,
                     show_progress=True) -> tuple[pd.DataFrame, int]:
-    """Measure each source; print one line per failure. Returns the table and the failure count."""
+    """:func:`filterlens.measure.measure` each source; print its notes as warnings and one line
+    per failure. Returns the table and the failure count."""
+    import warnings
+
     import pandas as pd
 
-    from ..measure import measure_model, no_layers_error
-    from ..metrics import used_layers
-    from ..sources import load_model
+    from ..measure import MeasureWarning, measure
 
     frames, failures = [], 0
     for source in progress(sources, len(sources), "measuring", enabled=show_progress and len(sources) > 1):
-        try:
-            mf = load_model(source, arch=arch, name=name)
-            df = measure_model(mf, kernel_size, threshold, inclusive, include_transposed)
-            measured = used_layers(df)  # unused layers are listed, never measured
-            if measured.empty:
-                raise no_layers_error(mf, kernel_size)
-            bad = measured[measured["notes"].str.contains("non-finite", na=False)]
-            if len(bad) == len(measured):
-                raise FilterlensError(f"{source}: nothing could be measured: every layer has NaN or Inf weights")
-            for note in mf.warnings:
-                warn(f"{mf.name}: {note}")
-            for layer in bad["layer"]:
-                warn(f"{mf.name}: layer {layer} has NaN or Inf weights; its metrics are NaN")
+        df = None
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", MeasureWarning)
+            try:
+                df = measure(source, arch, kernel_size, threshold, inclusive, include_transposed, name=name)
+            except FilterlensError as exc:
+                failures += 1
+                error(str(exc))
+        for w in caught:
+            if issubclass(w.category, MeasureWarning):
+                warn(str(w.message))
+            else:  # not ours: shown as Python would have
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        if df is not None:
             frames.append(df)
-        except FilterlensError as exc:
-            failures += 1
-            error(str(exc))
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     return table, failures
 
