@@ -85,6 +85,10 @@ def check_measures(mf, tensors: dict[str, torch.Tensor]) -> pd.DataFrame:
     """Every 3x3 layer measured as the plain computation on the tensor saved in the file."""
     df = measure_model(mf)
     assert len(df) > 0
+    unused = df[df["unused"]]  # listed, never measured (science.md, "Depth")
+    assert unused["sparsity"].isna().all() and unused["notes"].str.startswith("not measured (unused").all()
+    df = df[~df["unused"]]
+    assert len(df) > 0
     for row in df.itertuples():
         want = plain_metrics(tensors[row.layer].numpy())
         assert row.sparsity == pytest.approx(want["sparsity"], abs=0)
@@ -145,7 +149,8 @@ def test_trades_wrn_with_unused_sub_block1(model_dir, monkeypatch):
     mf = load_robustbench("robustbench:Carmon2019Unlabeled")
     check_measures(mf, conv_tensors(state, module))
     unused = [l for l in mf.layers if l.name.startswith("sub_block1.")]
-    assert unused and all(l.depth is None and l.conv_depth is None for l in unused)
+    assert unused and all(l.unused and l.depth is None and l.conv_depth is None for l in unused)
+    assert not any(l.unused for l in mf.layers if not l.name.startswith("sub_block1."))
     assert all(l.conv_depth is not None for l in mf.layers if not l.name.startswith("sub_block1."))
     assert any("never used" in w for w in mf.warnings)
     assert mf.metadata["extra"]["unused_layers"] == [l.name for l in unused]

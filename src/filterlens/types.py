@@ -24,6 +24,9 @@ class ConvLayer:
     depth: int | None = None  # longest path from the input, in graph nodes
     conv_depth: int | None = None  # rank of ``depth`` among the distinct conv depths
     conv_depth_norm: float | None = None  # conv_depth / (levels - 1)
+    #: The forward pass never calls this conv (e.g. the ``sub_block1`` of RobustBench's
+    #: WideResNet): it is stored, with no depth, but left out of every measurement and analysis.
+    unused: bool = False
 
     @property
     def kernel_size(self) -> tuple[int, int]:

@@ -413,7 +413,8 @@ def export_h5(
     *,
     include_transposed: bool = False,
 ) -> dict[str, Any]:
-    """Write the 3x3 filters of ``db`` (or of ``models``) as a CNN-Filter-DB ``dataset.h5``.
+    """Write the 3x3 filters of ``db`` (or of ``models``) as a CNN-Filter-DB ``dataset.h5``
+    (unused layers, never called by the forward pass, left out).
 
     Models imported with :func:`import_h5` get their meta rows, filter ids and column types
     back as they were; other models get rows built from the database (``Robust`` is True for
@@ -440,6 +441,7 @@ def export_h5(
             raise DatabaseError(f"no model {', '.join(sorted(missing))} in the database")
         mods = mods[mods["model"].isin(models)]
     sel = layers[layers["model_id"].isin(mods["model_id"]) & (layers["kernel_h"] == kh) & (layers["kernel_w"] == kw)]
+    sel = sel[~sel["unused"]]  # never called by the forward pass: the paper's route never saw it
     if not include_transposed:
         sel = sel[~sel["transposed"]]
     if sel.empty:

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.compute as pc
 
+from ..metrics import UNUSED_NOTE
 from ..types import ConvLayer, ModelFilters
 from .errors import DatabaseError, DuplicateModelError
 from .filestore import storage_dtype
@@ -90,13 +91,15 @@ def layer_row(layer: ConvLayer, index: int, layer_id: int, model_id: int, name: 
         "layer_id": layer_id, "model_id": model_id, "model": name, "layer_index": index, "layer": layer.name,
         "op_type": layer.op_type, "kernel_size": kh if kh == kw else None, "kernel_h": kh, "kernel_w": kw,
         "in_channels": layer.in_channels, "out_channels": layer.out_channels, "groups": layer.groups,
-        "transposed": bool(layer.transposed), "dim0": a, "dim1": b,
+        "transposed": bool(layer.transposed), "unused": bool(layer.unused), "dim0": a, "dim1": b,
         "dtype": storage_dtype(layer.weight.dtype).name,
         "depth": opt_int(layer.depth), "conv_depth": opt_int(layer.conv_depth),
         "conv_depth_norm": opt_float(layer.conv_depth_norm), "depth_source": depth_source, "sha256": sha,
         "file": file, "row_offset": offset, "n_filters": a * b,
         "extra": json.dumps(extra, sort_keys=True, default=str) if extra else None,
     }
+    if layer.unused:  # never measured, whatever the caller passed (science.md, "Depth")
+        metrics = {"notes": UNUSED_NOTE}
     for c in METRIC_COLUMNS:
         v = metrics.get(c)
         if c == "notes":

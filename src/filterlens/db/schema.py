@@ -89,6 +89,7 @@ LAYERS_SCHEMA = pa.schema(
         ("out_channels", pa.int64()),
         ("groups", pa.int64()),
         ("transposed", pa.bool_()),
+        ("unused", pa.bool_()),  # never called by the forward pass: stored, never measured or analysed
         ("dim0", pa.int64()),  # weight.shape[0]; the weight is (dim0, dim1, kernel_h, kernel_w)
         ("dim1", pa.int64()),
         ("dtype", pa.string()),  # numpy dtype name of the stored filters
@@ -104,6 +105,10 @@ LAYERS_SCHEMA = pa.schema(
         ("extra", pa.string()),  # JSON object, e.g. the row of an imported HDF5 meta table
     ]
 )
+
+#: Layers-table columns added after schema version 1 was first written, with the value a table
+#: written before them reads as (such a table is otherwise unchanged and still opens).
+ADDED_LAYER_COLUMNS = {"unused": False}
 
 #: Integer columns that may be null (pandas ``Int64``).
 NULLABLE_INT = {"kernel_size", "depth", "conv_depth"} | {c for c in METRIC_COLUMNS if c.startswith("n_")}

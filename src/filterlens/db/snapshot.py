@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 from . import _fs
 from .errors import DatabaseError
 from .schema import (
+    ADDED_LAYER_COLUMNS,
     FILTERS_DIR,
     FORMAT,
     LAYERS_SCHEMA,
@@ -129,6 +130,7 @@ def read_snapshot(root: Path, manifest: dict) -> Snapshot:
     except (pa.ArrowException, OSError, KeyError, ValueError, MemoryError) as exc:
         msg = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise DatabaseError(f"{root}: corrupt filter database: cannot read its tables ({msg})") from None
+    layers = with_added_columns(layers)
     for table, schema, what in ((models, MODELS_SCHEMA, "models"), (layers, LAYERS_SCHEMA, "layers")):
         missing = [f.name for f in schema if f.name not in table.column_names and f.name not in METRIC_COLUMNS]
         if missing:
@@ -144,6 +146,22 @@ def read_snapshot(root: Path, manifest: dict) -> Snapshot:
     for f in set(pc.unique(layers.column("file")).to_pylist()) | set(manifest["files"]):
         _fs.inside(root, f, FILTERS_DIR, resolve=False)
     return Snapshot(manifest, models, layers)
+
+
+def with_added_columns(layers: pa.Table) -> pa.Table:
+    """A layers table written before a column of :data:`ADDED_LAYER_COLUMNS` existed gets it, with
+    its default, at its place in the schema (e.g. ``unused`` false: such a database recorded no
+    unused layer); a null there reads as the default too."""
+    for name, default in ADDED_LAYER_COLUMNS.items():
+        field = LAYERS_SCHEMA.field(name)
+        if name not in layers.column_names:
+            after = LAYERS_SCHEMA.names[LAYERS_SCHEMA.get_field_index(name) - 1]
+            at = layers.column_names.index(after) + 1 if after in layers.column_names else layers.num_columns
+            layers = layers.add_column(at, field, pa.array([default] * layers.num_rows, field.type))
+        elif layers.column(name).null_count and layers.schema.field(name).type.equals(field.type):
+            i = layers.column_names.index(name)
+            layers = layers.set_column(i, field, pc.fill_null(layers.column(name), default))
+    return layers
 
 
 def orphans(root: Path, snap: Snapshot) -> list[Path]:

@@ -1,6 +1,6 @@
 """Pure functions over conv weights: sparsity, variance entropy, orthogonality, aggregates."""
 
-from .aggregate import aggregate, aggregate_layers
+from .aggregate import UNUSED_NOTE, aggregate, aggregate_layers, used_layers
 from .entropy import entropy10, max_variance_entropy, principal_variances, variance_entropy
 from .filters import DEFAULT_THRESHOLD, as_filters, filter_linf, scaled_nonsparse, sparse_mask
 from .layer import LAYER_METRIC_COLUMNS, measure_weight, measure_weights
@@ -10,6 +10,7 @@ from .sparsity import sparsity
 __all__ = [
     "DEFAULT_THRESHOLD",
     "LAYER_METRIC_COLUMNS",
+    "UNUSED_NOTE",
     "aggregate",
     "aggregate_layers",
     "as_filters",
@@ -24,5 +25,6 @@ __all__ = [
     "scaled_nonsparse",
     "sparse_mask",
     "sparsity",
+    "used_layers",
     "variance_entropy",
 ]

@@ -21,6 +21,18 @@ def _weighted(values: pd.Series, weights: pd.Series) -> float:
     return float((values[ok].astype(np.float64) * w).sum() / w.sum())
 
 
+#: The ``notes`` of a conv layer the forward pass never calls: it is stored, never measured.
+UNUSED_NOTE = "not measured (unused: the forward pass never calls it)"
+
+
+def used_layers(layers: pd.DataFrame) -> pd.DataFrame:
+    """The rows of a per-layer table that take part in analyses: not flagged ``unused``
+    (never called by the forward pass). A table without that column is kept whole."""
+    if "unused" not in layers.columns:
+        return layers
+    return layers[~layers["unused"].fillna(False).astype(bool)]
+
+
 def aggregate_layers(layers: pd.DataFrame) -> dict:
     """Pool the rows of a per-layer table into one value per metric (a dict).
 
@@ -28,8 +40,11 @@ def aggregate_layers(layers: pd.DataFrame) -> dict:
     - ``variance_entropy``: mean weighted by each layer's number of non-sparse filters;
     - ``orthogonality``: mean weighted by each layer's ``out_channels``.
 
-    Layers whose value is NaN (undefined or unmeasurable) are left out of that metric.
+    Layers whose value is NaN (undefined or unmeasurable) are left out of that metric. Unused
+    layers (``unused`` True: never called by the forward pass) are left out entirely, from the
+    counts too (science.md, "Depth").
     """
+    layers = used_layers(layers)
     measured = layers[layers["n_filters"] > 0]
     finite = measured["sparsity"].notna()
     n_filters = int(measured.loc[finite, "n_filters"].sum())
@@ -45,8 +60,10 @@ def aggregate_layers(layers: pd.DataFrame) -> dict:
 
 
 def aggregate(layers: pd.DataFrame, by: str | list[str] = "model") -> pd.DataFrame:
-    """:func:`aggregate_layers` for each group of ``by`` (default: one row per model)."""
+    """:func:`aggregate_layers` for each group of ``by`` (default: one row per model); unused
+    layers are left out, so a group of only unused layers gets no row."""
     by = [by] if isinstance(by, str) else list(by)
+    layers = used_layers(layers)
     rows = []
     for key, group in layers.groupby(by, sort=False, dropna=False):
         key = key if isinstance(key, tuple) else (key,)

@@ -23,6 +23,7 @@ from ..analysis.bins import ALL
 from ..analysis.compare import ComparisonResult
 from ..analysis.shift import FilterChunksFn, filter_array
 from ..atomic import write_text_atomic
+from ..metrics import used_layers
 from . import figures as F
 from . import first_layer as FL
 from .markup import escape as _e
@@ -60,7 +61,7 @@ def example_filter_figures(
         if not members:
             continue
         model = members[0]
-        rows = layers[layers["model"].astype(str) == model]
+        rows = used_layers(layers[layers["model"].astype(str) == model])
         if rows.empty or "conv_depth" not in rows.columns:
             continue
         row = rows.sort_values("conv_depth", kind="stable").iloc[0]

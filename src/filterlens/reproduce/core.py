@@ -44,6 +44,7 @@ from ..analysis.paper import (
 )
 from ..analysis.shift import HIST_EPS, N_BINS, PCABasis, pca_from_moments
 from ..errors import FilterlensError
+from ..metrics import used_layers
 from .published import PUBLISHED, published_values
 
 ALL_BINS = [FIRST, *DECILES]
@@ -259,7 +260,7 @@ def reproduce(
                             zip(plist["robust"], plist.get("dataset", pd.Series([""] * len(plist))))]
     datasets = list(dict.fromkeys(plist["dataset"]))
 
-    layers = db.layers()
+    layers = used_layers(db.layers())  # a conv the forward pass never calls is never analysed
     layers = layers[layers["model"].isin(set(models["db_name"]))].reset_index(drop=True)
     if layers.empty:
         raise FilterlensError(f"{h5.name}: no layers")

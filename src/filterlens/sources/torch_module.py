@@ -65,11 +65,20 @@ def fx_depths(module: nn.Module, convs: Sequence[str]) -> dict[str, int]:
     inputs = [n for n in nodes if n.op == "placeholder"]
     depth = longest_path_depths(nodes, preds, inputs)
     wanted = set(convs)
+    weight_to_conv = {f"{c}.weight": c for c in convs}
     out: dict[str, int] = {}
     for n in nodes:
-        if n.op == "call_module" and n.target in wanted and n in depth:
-            # A module called twice keeps its deepest call.
-            out[n.target] = max(out.get(n.target, -1), depth[n])
+        if n not in depth:
+            continue
+        if n.op == "call_module" and n.target in wanted:
+            conv = n.target
+        elif (n.op == "call_function" and n.target in _CONV_FUNCTIONS and len(n.args) > 1
+              and isinstance(n.args[1], torch.fx.Node) and n.args[1].op == "get_attr"):
+            conv = weight_to_conv.get(n.args[1].target)  # F.conv2d(x, self.conv.weight): the module is used
+        else:
+            continue
+        if conv is not None:  # a module called twice keeps its deepest call
+            out[conv] = max(out.get(conv, -1), depth[n])
     return out
 
 
@@ -188,11 +197,15 @@ def from_module(
             notes.append("depth from execution order (hooks): parallel branches get distinct levels")
     finally:
         module.train(was_training)
+    # A conv module of the tree that the traced graph (or the forward pass) never reaches is not
+    # part of the network (science.md, "Depth"): recorded as unused, with no depth.
     unused = [l.name for l in layers if l.name not in depths]
     if unused:
-        notes.append(f"conv layers never used in the forward pass (no depth): {', '.join(unused)}")
+        notes.append(f"conv layers never used in the forward pass (unused, no depth, left out of the "
+                     f"metrics): {', '.join(unused)}")
     for layer in layers:
         layer.depth = depths.get(layer.name)
+        layer.unused = layer.name not in depths
     assign_conv_depths(layers)
     return ModelFilters(name=name, source=source, layers=layers, depth_source=depth_source,
                         arch=arch, warnings=notes)

@@ -47,7 +47,7 @@ def load_robustbench(
     mf.metadata = entry_metadata(entry)
     extra = mf.metadata.setdefault("extra", {})
     extra["weights"] = [str(p.resolve()) for p in paths]
-    unused = [l.name for l in mf.layers if l.depth is None]
+    unused = [l.name for l in mf.layers if l.unused]
     if unused:  # never called by the forward pass (sub_block1): no depth, as science.md says
         extra["unused_layers"] = unused
     return mf
