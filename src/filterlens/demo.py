@@ -162,7 +162,7 @@ def zoo_first_layer(dataset: str = "cifar10", n: int = 64, steps: int = 5, n_boo
 def run_demo(out_dir: Path, n_boot: int = 2000, on_model: Callable[[str], None] | None = None,
              first_layer: bool = True) -> dict:
     """Zoo -> database -> comparison (+ first-layer study) -> report in ``out_dir``."""
-    from .analysis.compare import chunks_from, compare
+    from .analysis.compare import chunks_from, compare_db
     from .report.html import write_html
 
     out_dir = Path(out_dir)
@@ -170,9 +170,8 @@ def run_demo(out_dir: Path, n_boot: int = 2000, on_model: Callable[[str], None] 
     out_dir.mkdir(parents=True, exist_ok=True)
     db = build_zoo_db(out_dir / DB_NAME, on_model)
     _write_record(out_dir)  # a rerun after a failure below may replace what this run wrote
-    models, layers = db.models(), db.layers()
-    chunks = chunks_from(db)
-    result = compare(models, layers, chunks, n_boot=n_boot)
+    result = compare_db(db, n_boot=n_boot)
+    layers, chunks = db.layers(), chunks_from(db)
     fl_result, fl_note = zoo_first_layer(n_boot=n_boot) if first_layer else (None, "first-layer study not run")
     result.notes.append(fl_note)
     if fl_result is not None:

@@ -120,6 +120,24 @@ def chunks_from(source: Any, chunk_size: int = 65536) -> FilterChunksFn:
     return fn
 
 
+def require_models(db: Any) -> pd.DataFrame:
+    """The models table of a database to compare; one :class:`FilterlensError` line if empty."""
+    models = db.models()
+    if models.empty:
+        raise FilterlensError(f"{getattr(db, 'path', db)}: the database holds no models; "
+                              "add some with 'filterlens extract'")
+    return models
+
+
+def compare_db(db: Any, groups: GroupSpec | None = None,
+               pairs: str | PathLike | pd.DataFrame | Pairs | Literal["auto"] | None = None,
+               **kwargs: Any) -> ComparisonResult:
+    """:func:`compare` over a filter database (e.g. :class:`~filterlens.db.FilterDB`): its models
+    and layers tables, its filters streamed for the shift. ``kwargs`` as for :func:`compare`."""
+    models = require_models(db)
+    return compare(models, db.layers(), chunks_from(db), groups=groups, pairs=pairs, **kwargs)
+
+
 #: Columns :func:`compare` needs in the layers table (plus ``layer`` for the shift).
 LAYER_COLUMNS = (
     "model", "conv_depth_norm", "n_filters", "n_sparse", "n_nonsparse", "sparsity",

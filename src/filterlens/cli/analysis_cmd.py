@@ -41,12 +41,13 @@ def group_spec(db, by: Optional[str], groups: Optional[List[str]]):
     if by not in models.columns:
         raise FilterlensError(f"--by {by!r}: no such column in the models table "
                               f"({', '.join(models.columns)})")
-    values = sorted(models[by].dropna().astype(str).unique())
+    present = models[by].dropna()
+    values = sorted(present.astype(str).unique())
     if len(values) != 2:
         raise FilterlensError(f"--by {by!r} has {len(values)} distinct values ({', '.join(values)}); "
                               "it needs exactly two, or use --groups SQL SQL")
-    return GroupSpec(a=f"`{by}`.astype('str') == {values[0]!r}", b=f"`{by}`.astype('str') == {values[1]!r}",
-                     name_a=values[0], name_b=values[1])
+    raw = dict(zip(present.astype(str), present))  # each value as stored, by its text
+    return GroupSpec.by_column(by, raw[values[0]], raw[values[1]], name_a=values[0], name_b=values[1])
 
 
 def _check_pairs(pairs):
@@ -73,20 +74,24 @@ def _check_pairs(pairs):
 
 
 def run_compare(db_path: Path, by, groups, pairs, n_boot: int, seed: int, shift: bool = True,
-                shift_procedure: str = "paper", count_shared: str = "per_pair"):
-    from ..analysis.compare import chunks_from, compare
+                shift_procedure: str = "paper", count_shared: str = "per_pair", client=None):
+    """The options of ``compare``/``report`` as one :func:`~filterlens.analysis.compare.compare_db`
+    call; returns ``(database, comparison)``."""
+    from ..analysis.compare import compare_db, require_models
     from ..db import FilterDB
 
     db = FilterDB.open(db_path)
-    models, layers = db.models(), db.layers()
-    if models.empty:
-        raise FilterlensError(f"{db_path}: the database holds no models; add some with 'filterlens extract'")
+    require_models(db)
     spec = group_spec(db, by, groups)
-    pairs = _check_pairs(pairs)
-    chunks = chunks_from(db)
-    result = compare(models, layers, chunks, groups=spec, pairs=pairs, n_boot=n_boot, seed=seed, shift=shift,
-                     shift_procedure=shift_procedure, count_shared=count_shared)
-    return db, layers, chunks, result
+    if client is not None:  # the shift's passes on the Dask cluster (analysis/distributed.py)
+        from functools import partial
+
+        from ..analysis.distributed import compare_on_cluster
+
+        compare_db = partial(compare_on_cluster, client=client)
+    result = compare_db(db, spec, _check_pairs(pairs), n_boot=n_boot, seed=seed, shift=shift,
+                        shift_procedure=shift_procedure, count_shared=count_shared)
+    return db, result
 
 
 def compare_cmd(
@@ -107,6 +112,11 @@ def compare_cmd(
                                         "with a label-shuffled null and the excess over it)."),
     count_shared: str = typer.Option("per-pair", "--count-shared", help="With pairs: per-pair (the paper's pair "
                                      "lists: a model serving k pairs counts k times in the shift) | once."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-j", help="Run the shift's passes on a local Dask "
+                                          "cluster of N worker processes (one task per model; same results)."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Run them on a running Dask cluster: "
+                                            "tcp://HOST:PORT or a scheduler file (or set FILTERLENS_SCHEDULER); "
+                                            "its workers need the database at the same path."),
 ) -> None:
     """Compare two groups of models per metric and depth bin (means, CI, rank test, shift)."""
     if fmt not in ("table", "csv", "json"):
@@ -117,8 +127,12 @@ def compare_cmd(
         raise FilterlensError(f"--shift-procedure must be paper or per-bin, not {shift_procedure!r}")
     if count_shared not in counts:
         raise FilterlensError(f"--count-shared must be per-pair or once, not {count_shared!r}")
-    _, _, _, result = run_compare(db, by, groups, pairs, n_boot, seed, shift=not no_shift,
-                                  shift_procedure=procedures[shift_procedure], count_shared=counts[count_shared])
+    from ..db.distributed import maybe_connect
+
+    with maybe_connect(workers, scheduler) as client:
+        _, result = run_compare(db, by, groups, pairs, n_boot, seed, shift=not no_shift,
+                                shift_procedure=procedures[shift_procedure], count_shared=counts[count_shared],
+                                client=client)
     if fmt == "json":
         text = result.to_json()
         if out_file:
@@ -163,12 +177,13 @@ def report_cmd(
 
 
 def write_report(db: Path, out_file: Path, by=None, groups=None, pairs=None, n_boot=10_000, seed=0) -> Path:
+    from ..analysis.compare import chunks_from
     from ..report.html import write_html
     from .console import atomic_path
 
-    _, layers, chunks, result = run_compare(db, by, groups, pairs, n_boot, seed)
+    database, result = run_compare(db, by, groups, pairs, n_boot, seed)
     with atomic_path(out_file) as tmp:
-        write_html(result, tmp, layers=layers, filter_chunks_fn=chunks)
+        write_html(result, tmp, layers=database.layers(), filter_chunks_fn=chunks_from(database))
     return Path(out_file).resolve()
 
 
