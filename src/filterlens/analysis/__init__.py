@@ -9,6 +9,7 @@ from .claims import CLAIMS, evaluate_claims
 from .compare import ComparisonResult, chunks_from, compare
 from .groups import GroupSpec, Groups, Pairs, load_pairs, match_pairs, pair_list, split_groups
 from .paper import paper_distribution_shift
+from .settings import CompareSettings
 from .shift import PCABasis, ShiftResult, distribution_shift, symmetric_kl
 from .stats import (
     accuracy_correlations,
@@ -27,6 +28,7 @@ __all__ = [
     "DECILES",
     "FIRST",
     "METRICS",
+    "CompareSettings",
     "ComparisonResult",
     "GroupSpec",
     "Groups",

@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from os import PathLike
-from typing import Any, Iterable, Literal, Sequence
+from typing import Any, Iterable, Literal
 
 import numpy as np
 import pandas as pd
 
 from ..atomic import write_text_atomic
 from ..errors import FilterlensError
-from ..metrics import DEFAULT_THRESHOLD
 from ..jsonable import to_jsonable
-from .bins import ALL, METRICS, assign_bins, model_bin_table, select_layers
+from .bins import ALL, assign_bins, model_bin_table, select_layers
 from .claims import evaluate_claims
 from .groups import GroupSpec, Pairs, load_pairs, match_pairs, split_groups
-from .shift import N_BINS, FilterChunksFn, ShiftResult, distribution_shift
+from .settings import CompareSettings
+from .shift import FilterChunksFn, ShiftResult, distribution_shift
 from .stats import accuracy_correlations, group_stats
 
 @dataclass
@@ -151,55 +151,54 @@ def compare(
     filter_chunks_fn: FilterChunksFn | None = None,
     groups: GroupSpec | None = None,
     pairs: str | PathLike | pd.DataFrame | Pairs | Literal["auto"] | None = None,
-    *,
-    metrics: Sequence[str] = METRICS,
-    kernel_size: tuple[int, int] = (3, 3),
-    include_transposed: bool = False,
-    n_boot: int = 10_000,
-    ci: float = 0.95,
-    seed: int = 0,
-    alpha: float = 0.05,
-    adjust: str = "holm",
-    shift: bool = True,
-    by_bin: bool = True,
-    n_bins: int = N_BINS,
-    range_mode: str = "global",
-    count_shared: Literal["once", "per_pair"] = "per_pair",
-    shift_procedure: Literal["paper", "per_bin"] = "paper",
-    threshold: float = DEFAULT_THRESHOLD,
-    inclusive: bool = True,
-    majority: float = 0.7,
+    settings: CompareSettings | None = None,
+    **overrides: Any,
 ) -> ComparisonResult:
     """Compare group ``a`` with group ``b`` (default: adversarially vs normally trained).
 
-    ``models``: one row per model (``model``; optional ``dataset, arch, training, eps,
-    clean_acc, robust_acc``). ``layers``: one row per layer (``model, layer, conv_depth,
-    conv_depth_norm, kernel_size, n_filters, n_sparse, n_nonsparse, sparsity,
-    variance_entropy, orthogonality, out_channels``, optionally ``transposed`` and
-    ``weight_max_abs``). Only ``kernel_size`` layers (3x3, the paper's) that are not
-    transposed are used unless told otherwise.
+    Only ``settings.kernel_size`` layers (3x3, the paper's) that are not transposed are used
+    unless told otherwise. With pairs the statistics are paired (Wilcoxon) and only paired
+    models are compared. The shift follows the paper's procedure unless
+    ``shift_procedure="per_bin"``. See :mod:`~filterlens.analysis.stats`,
+    :mod:`~filterlens.analysis.shift` and :mod:`~filterlens.analysis.claims` for the definitions.
 
-    ``pairs``: ``None`` (independent groups), ``"auto"`` (match on arch and dataset), a CSV
-    path, a DataFrame or :class:`Pairs`. With pairs the statistics are paired (Wilcoxon)
-    and only paired models are compared. ``filter_chunks_fn(model, layer)`` yields the
-    layer's filters as ``(n, kh, kw)`` chunks; without it (or ``shift=False``) the
-    distribution shift is skipped. The shift follows the paper's procedure
-    (``shift_procedure="paper"``: one shared basis and scalar range, density-scale epsilon);
-    ``"per_bin"`` is the variant with a basis and range per scope and a label-shuffled null.
-    ``count_shared="per_pair"`` (default, the paper's pair lists) counts a model's filters
-    once per pair it serves in the shift; ``"once"`` counts each model once. See :mod:`~filterlens.analysis.stats`, :mod:`~filterlens.analysis.shift` and
-    :mod:`~filterlens.analysis.claims` for the definitions.
+    Parameters
+    ----------
+    models : DataFrame
+        One row per model (``model``; optional ``dataset, arch, training, eps, clean_acc,
+        robust_acc``).
+    layers : DataFrame
+        One row per layer (``model, layer, conv_depth, conv_depth_norm, kernel_size, n_filters,
+        n_sparse, n_nonsparse, sparsity, variance_entropy, orthogonality, out_channels``,
+        optionally ``transposed`` and ``weight_max_abs``).
+    filter_chunks_fn : callable, optional
+        ``filter_chunks_fn(model, layer)`` yields the layer's filters as ``(n, kh, kw)`` chunks
+        (see :func:`chunks_from`); without it the distribution shift is skipped.
+    groups : GroupSpec, optional
+        The two groups (default: ``training`` adversarial vs normal).
+    pairs : None, "auto", path, DataFrame or Pairs
+        ``None``: independent groups; ``"auto"``: matched on arch and dataset; a CSV path, a
+        DataFrame or :class:`Pairs` of matched models.
+    settings : CompareSettings, optional
+        Selection, statistics and shift settings (default: ``CompareSettings()``).
+    **overrides
+        Fields of :class:`CompareSettings` that replace those of ``settings``, e.g.
+        ``n_boot=2000`` or ``shift_procedure="per_bin"``.
+
+    Returns
+    -------
+    ComparisonResult
     """
+    s = replace(settings or CompareSettings(), **overrides) if overrides else (settings or CompareSettings())
+    metrics, kernel_size, include_transposed, shift = s.metrics, s.kernel_size, s.include_transposed, s.shift
+    n_boot, ci, seed, alpha, adjust, count_shared = s.n_boot, s.ci, s.seed, s.alpha, s.adjust, s.count_shared
+    shift_procedure, threshold, inclusive = s.shift_procedure, s.threshold, s.inclusive
     if "model" not in models.columns:
         raise FilterlensError("the models table needs a 'model' column")
     needed = set(LAYER_COLUMNS) | ({"layer"} if shift and filter_chunks_fn is not None else set())
     lacking = sorted(needed - set(layers.columns))
     if lacking:
         raise FilterlensError(f"the layers table lacks column(s): {', '.join(lacking)}")
-    if count_shared not in ("once", "per_pair"):
-        raise FilterlensError("count_shared must be 'once' or 'per_pair'")
-    if shift_procedure not in ("paper", "per_bin"):
-        raise FilterlensError("shift_procedure must be 'paper' or 'per_bin'")
     models = models.assign(model=models["model"].astype(str))
     if "dataset" not in models.columns:
         models = models.assign(dataset="unknown")
@@ -260,10 +259,10 @@ def compare(
             filter_chunks_fn,
             datasets=dataset_of.to_dict(),
             model_weights=weights,
-            by_bin=by_bin,
+            by_bin=s.by_bin,
             kernel_size=kernel_size,
-            n_bins=n_bins,
-            range_mode=range_mode,
+            n_bins=s.n_bins,
+            range_mode=s.range_mode,
             procedure=shift_procedure,
             threshold=threshold,
             inclusive=inclusive,
@@ -271,7 +270,7 @@ def compare(
         notes.extend(shift_res.notes)
     elif shift:
         notes.append("distribution shift not computed: no filter source given")
-    claims = evaluate_claims(stats, None if shift_res is None else shift_res.table, corr, names, alpha, majority)
+    claims = evaluate_claims(stats, None if shift_res is None else shift_res.table, corr, names, alpha, s.majority)
 
     compared = models[models["model"].isin(membership.index)].copy()
     compared.insert(1, "group", compared["model"].map(membership))
@@ -289,7 +288,7 @@ def compare(
         "bootstrap": {"n_boot": n_boot, "ci": ci, "seed": seed, "method": "percentile"},
         "alpha": alpha,
         "p_adjust": f"{adjust} within each dataset and metric over depth bins",
-        "claims_majority": majority,
+        "claims_majority": s.majority,
         "claims_groups": f"group a ({grp.name_a}) plays the paper's robust models",
         "threshold": threshold,
         "sparse_rule": "max|w| <= threshold * max|W|" if inclusive else "max|w| < threshold * max|W|",
