@@ -33,7 +33,7 @@ than 2 filters in all, is NaN with a note. Each model counts once by default;
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 import pandas as pd
@@ -320,52 +320,115 @@ def distribution_shift(
         raise ValueError("procedure must be 'paper' or 'per_bin'")
     if range_mode not in ("global", "per_component"):
         raise ValueError("range_mode must be 'global' or 'per_component'")
-    kernel_size = (int(kernel_size[0]), int(kernel_size[1]))
-    k = kernel_size[0] * kernel_size[1]
+    stream = _FilterStream(filter_chunks_fn, (int(kernel_size[0]), int(kernel_size[1])), threshold, inclusive)
     units = _units(layers, membership, datasets, model_weights, by_bin)
-    notes: list[str] = []
-    nonfinite = [0]
+    moments, notes = _moments_pass(units, stream)                      # pass 1
+    scopes = _ordered_scopes({s for u in units for s in u.scopes})
+    bases, own_rows, scope_notes = _fit_bases(scopes, moments, stream.kernel_size)
+    ranges = _ranges_pass(units, bases, stream, range_mode)            # pass 2
+    counts, null_counts = _histogram_pass(units, bases, stream, ranges, moments, n_bins, null_seed)  # pass 3
+    rows, comp_rows, hists = _scope_rows(scopes, moments, bases, ranges, counts, null_counts, scope_notes,
+                                         stream.k, n_bins, eps)
+    settings = {
+        "procedure": "per_bin",
+        "n_bins": n_bins,
+        "range_mode": range_mode,
+        "hist_eps": eps,
+        "kl": "symmetric, natural log, weighted by the shared basis's explained variance ratio",
+        "null": "divergence_null: the same measure between two random pseudo-groups of the pooled "
+                f"filters with the real groups' sizes (seed {null_seed}); excess = divergence - null",
+        "kernel_size": list(stream.kernel_size),
+        "threshold": threshold,
+        "inclusive": inclusive,
+        "by_bin": by_bin,
+        "basis": "PCA fitted per scope on both groups' scaled non-sparse filters together",
+        "model_weights": "each model once"
+        if not model_weights
+        else "weighted: " + ", ".join(f"{m}={w:g}" for m, w in sorted(model_weights.items()) if w != 1),
+    }
+    return ShiftResult(
+        pd.DataFrame(rows, columns=SHIFT_COLUMNS),
+        pd.DataFrame(comp_rows, columns=["dataset", "depth_bin", "component", "evr", "kl_ab", "kl_ba", "kl_sym", "weighted"]),
+        pd.DataFrame(own_rows, columns=["dataset", "depth_bin", "group", "component", "evr", "cum_evr", "n"]),
+        bases,
+        hists,
+        settings,
+        notes,
+    )
 
-    def chunks(unit: _Unit, count: bool = False) -> Iterable[np.ndarray]:
-        for chunk in filter_chunks_fn(unit.model, unit.layer):
+
+class _FilterStream:
+    """A layer's filters as flat ``(n, kh*kw)`` rows, checked, NaN/Inf rows left out (and
+    counted in ``nonfinite`` when asked), or scaled and non-sparse (:func:`scaled_nonsparse_chunk`)."""
+
+    def __init__(self, filter_chunks_fn: FilterChunksFn, kernel_size: tuple[int, int], threshold: float,
+                 inclusive: bool):
+        self.filter_chunks_fn, self.kernel_size = filter_chunks_fn, kernel_size
+        self.threshold, self.inclusive = threshold, inclusive
+        self.k = kernel_size[0] * kernel_size[1]
+        self.nonfinite = 0
+
+    def chunks(self, unit: _Unit, count: bool = False) -> Iterator[np.ndarray]:
+        kh, kw = self.kernel_size
+        for chunk in self.filter_chunks_fn(unit.model, unit.layer):
             chunk = filter_array(chunk)
-            if chunk.ndim != 3 or tuple(chunk.shape[1:]) != kernel_size:
+            if chunk.ndim != 3 or tuple(chunk.shape[1:]) != self.kernel_size:
                 raise FilterlensError(
-                    f"{unit.model}/{unit.layer}: filter chunk of shape {chunk.shape}, "
-                    f"expected (n, {kernel_size[0]}, {kernel_size[1]})"
+                    f"{unit.model}/{unit.layer}: filter chunk of shape {chunk.shape}, expected (n, {kh}, {kw})"
                 )
-            flat = chunk.reshape(len(chunk), k)
+            flat = chunk.reshape(len(chunk), self.k)
             ok = np.isfinite(flat).all(axis=1)
             if count:
-                nonfinite[0] += int(len(ok) - ok.sum())
+                self.nonfinite += int(len(ok) - ok.sum())
             yield flat if ok.all() else flat[ok]
 
-    def scaled(unit: _Unit, count: bool = False) -> Iterable[np.ndarray]:
+    def scaled(self, unit: _Unit, count: bool = False) -> Iterator[np.ndarray]:
         if unit.layer_max is None:  # one extra pass for the layer's max |W|
-            linf_max = [float(filter_linf(c).max()) for c in chunks(unit) if len(c)]
+            linf_max = [float(filter_linf(c).max()) for c in self.chunks(unit) if len(c)]
             unit.layer_max = max(linf_max, default=0.0)
-        for flat in chunks(unit, count):
-            yield scaled_nonsparse_chunk(flat, unit.layer_max, threshold, inclusive)
+        for flat in self.chunks(unit, count):
+            yield scaled_nonsparse_chunk(flat, unit.layer_max, self.threshold, self.inclusive)
 
-    # pass 1: moments per (scope, group)
+    def projected(self, units: list[_Unit], bases: Mapping[Scope, PCABasis]
+                  ) -> Iterator[tuple[_Unit, Scope, np.ndarray]]:
+        """Every chunk of every unit, projected onto the basis of each scope it belongs to."""
+        for unit in units:
+            live = [s for s in unit.scopes if s in bases]
+            if not live:
+                continue
+            for x in self.scaled(unit):
+                if len(x):
+                    for s in live:
+                        yield unit, s, bases[s].project(x)
+
+
+def _moments_pass(units: list[_Unit], stream: _FilterStream) -> tuple[dict[tuple[Scope, int], Moments], list[str]]:
+    """Pass 1: weighted moments of the scaled non-sparse filters per (scope, group)."""
+    notes: list[str] = []
     moments: dict[tuple[Scope, int], Moments] = {}
     for unit in units:
         streamed = 0
-        for x in scaled(unit, count=True):
+        for x in stream.scaled(unit, count=True):
             streamed += len(x)
-            part = Moments(k)
+            part = Moments(stream.k)
             part.add(x, unit.weight)
             for scope in unit.scopes:
-                moments.setdefault((scope, unit.group), Moments(k)).merge(part)
+                moments.setdefault((scope, unit.group), Moments(stream.k)).merge(part)
         if unit.expected is not None and streamed != unit.expected:
             notes.append(
                 f"{unit.model}/{unit.layer}: {streamed} non-sparse filters streamed, "
                 f"the layers table says {unit.expected}"
             )
-    if nonfinite[0]:
-        notes.append(f"{nonfinite[0]} filter(s) with NaN/Inf values left out")
+    if stream.nonfinite:
+        notes.append(f"{stream.nonfinite} filter(s) with NaN/Inf values left out")
+    return moments, notes
 
-    scopes = _ordered_scopes({s for u in units for s in u.scopes})
+
+def _fit_bases(scopes: list[Scope], moments: Mapping[tuple[Scope, int], Moments], kernel_size: tuple[int, int]
+               ) -> tuple[dict[Scope, PCABasis], list[dict], dict[Scope, str]]:
+    """The shared basis of each scope (both groups pooled), each group's own spectrum, and why
+    a scope has no basis."""
+    k = kernel_size[0] * kernel_size[1]
     empty = Moments(k)
     bases: dict[Scope, PCABasis] = {}
     own_rows, scope_notes = [], {}
@@ -390,22 +453,17 @@ def distribution_shift(
             scope_notes[scope] = "fewer than 2 non-sparse filters"
             continue
         bases[scope] = pca_from_moments(pooled, kernel_size)
+    return bases, own_rows, scope_notes
 
-    # pass 2: range of the coefficients per scope and component
-    def projected() -> Iterable[tuple[_Unit, Scope, np.ndarray]]:
-        """Every chunk of every unit, projected onto the basis of each scope it belongs to."""
-        for unit in units:
-            live = [s for s in unit.scopes if s in bases]
-            if not live:
-                continue
-            for x in scaled(unit):
-                if len(x):
-                    for s in live:
-                        yield unit, s, bases[s].project(x)
 
+def _ranges_pass(units: list[_Unit], bases: Mapping[Scope, PCABasis], stream: _FilterStream,
+                 range_mode: str) -> dict[Scope, np.ndarray]:
+    """Pass 2: the range of the coefficients per scope, ``(k, 2)`` rows of (low, high): one
+    range for all components (``"global"``) or one per component."""
+    k = stream.k
     lo = {s: np.full(k, np.inf) for s in bases}
     hi = {s: np.full(k, -np.inf) for s in bases}
-    for _, s, coef in projected():
+    for _, s, coef in stream.projected(units, bases):
         np.minimum(lo[s], coef.min(axis=0), out=lo[s])
         np.maximum(hi[s], coef.max(axis=0), out=hi[s])
     ranges: dict[Scope, np.ndarray] = {}
@@ -414,15 +472,22 @@ def distribution_shift(
             ranges[s] = np.tile([lo[s].min(), hi[s].max()], (k, 1))
         else:
             ranges[s] = np.stack([lo[s], hi[s]], axis=1)
+    return ranges
 
-    # pass 3: histogram counts. Alongside, the same filters are dealt at random to two
-    # pseudo-groups of the real groups' sizes: their divergence is what sampling noise alone
-    # gives at these sample sizes (the histogram KL is biased upwards for few filters).
+
+def _histogram_pass(units: list[_Unit], bases: Mapping[Scope, PCABasis], stream: _FilterStream,
+                    ranges: Mapping[Scope, np.ndarray], moments: Mapping[tuple[Scope, int], Moments], n_bins: int,
+                    null_seed: int) -> tuple[dict[Scope, np.ndarray], dict[Scope, np.ndarray]]:
+    """Pass 3: weighted histogram counts ``(2, k, n_bins)`` per scope. Alongside, the same
+    filters are dealt at random to two pseudo-groups of the real groups' sizes: their
+    divergence is what sampling noise alone gives at these sample sizes (the histogram KL is
+    biased upwards for few filters)."""
+    k = stream.k
     counts = {s: np.zeros((2, k, n_bins)) for s in bases}
     null_counts = {s: np.zeros((2, k, n_bins)) for s in bases}
     share_a = {s: moments[(s, 0)].n / (moments[(s, 0)].n + moments[(s, 1)].n) for s in bases}
     rng = np.random.default_rng(null_seed)
-    for unit, s, coef in projected():
+    for unit, s, coef in stream.projected(units, bases):
         # the clip is a no-op (pass 2 saw these very values); it guards against a value
         # falling just outside the range and being dropped silently
         coef = np.clip(coef, ranges[s][:, 0], ranges[s][:, 1])
@@ -433,20 +498,26 @@ def distribution_shift(
             ha, _ = np.histogram(coef[pseudo_a, c], bins=n_bins, range=tuple(ranges[s][c]))
             null_counts[s][0, c] += unit.weight * ha
             null_counts[s][1, c] += unit.weight * (h - ha)
+    return counts, null_counts
 
+
+def _scope_rows(scopes: list[Scope], moments: Mapping[tuple[Scope, int], Moments], bases: Mapping[Scope, PCABasis],
+                ranges: Mapping[Scope, np.ndarray], counts: Mapping[Scope, np.ndarray],
+                null_counts: Mapping[Scope, np.ndarray], scope_notes: Mapping[Scope, str], k: int, n_bins: int,
+                eps: float) -> tuple[list[dict], list[dict], dict[Scope, Histograms]]:
+    """The shift table's row per scope, the per-component rows and the histograms."""
+    empty = Moments(k)
     rows, comp_rows, hists = [], [], {}
     for scope in scopes:
         ma, mb = moments.get((scope, 0), empty), moments.get((scope, 1), empty)
-        row = {"dataset": scope[0], "depth_bin": scope[1], "n_a": ma.n, "n_b": mb.n, "divergence": np.nan,
-               "divergence_null": np.nan, "excess": np.nan, "range_low": np.nan, "range_high": np.nan,
-               "note": scope_notes.get(scope, "")}
+        row = {"dataset": scope[0], "depth_bin": scope[1], "n_a": ma.n, "n_b": mb.n, "divergence": np.nan, "divergence_null": np.nan, "excess": np.nan, "range_low": np.nan,
+               "range_high": np.nan, "note": scope_notes.get(scope, "")}
         if scope in bases:
-            basis = bases[scope]
+            evr = bases[scope].explained_variance_ratio
             p = histogram_probabilities(counts[scope][0], eps)
             q = histogram_probabilities(counts[scope][1], eps)
             kl_ab, kl_ba = kl_divergence(p, q), kl_divergence(q, p)
             kl_sym = kl_ab + kl_ba
-            evr = basis.explained_variance_ratio
             row["divergence"] = float((evr * kl_sym).sum()) if np.isfinite(evr).all() else np.nan
             pn = histogram_probabilities(null_counts[scope][0], eps)
             qn = histogram_probabilities(null_counts[scope][1], eps)
@@ -464,33 +535,7 @@ def distribution_shift(
                 for i in range(k)
             ]
         rows.append(row)
-
-    settings = {
-        "procedure": "per_bin",
-        "n_bins": n_bins,
-        "range_mode": range_mode,
-        "hist_eps": eps,
-        "kl": "symmetric, natural log, weighted by the shared basis's explained variance ratio",
-        "null": "divergence_null: the same measure between two random pseudo-groups of the pooled "
-                f"filters with the real groups' sizes (seed {null_seed}); excess = divergence - null",
-        "kernel_size": list(kernel_size),
-        "threshold": threshold,
-        "inclusive": inclusive,
-        "by_bin": by_bin,
-        "basis": "PCA fitted per scope on both groups' scaled non-sparse filters together",
-        "model_weights": "each model once"
-        if not model_weights
-        else "weighted: " + ", ".join(f"{m}={w:g}" for m, w in sorted(model_weights.items()) if w != 1),
-    }
-    return ShiftResult(
-        pd.DataFrame(rows, columns=SHIFT_COLUMNS),
-        pd.DataFrame(comp_rows, columns=["dataset", "depth_bin", "component", "evr", "kl_ab", "kl_ba", "kl_sym", "weighted"]),
-        pd.DataFrame(own_rows, columns=["dataset", "depth_bin", "group", "component", "evr", "cum_evr", "n"]),
-        bases,
-        hists,
-        settings,
-        notes,
-    )
+    return rows, comp_rows, hists
 
 
 def _ordered_scopes(scopes: set[Scope]) -> list[Scope]:
