@@ -15,7 +15,9 @@ so that the numbers agree with that code on the same data to rounding:
 
 Every pass is a reduction: a pure function of one chunk returns a partial result, and partial
 results merge by addition (:class:`~filterlens.analysis.shift.Moments` merge, count sums,
-min/max), so a pass can run over chunks in any order or on several workers.
+min/max), so a pass can run over chunks in any order or on several workers. A source with a
+method named after a pass runs that pass itself (:class:`~filterlens.analysis.distributed.DaskSegments`:
+the same pass per model on a Dask cluster, merged in model order).
 """
 
 from __future__ import annotations
@@ -233,6 +235,8 @@ def segments_from_db(db, layers: pd.DataFrame, chunk_size: int = 1 << 16) -> Seg
 
 def max_pass(source: SegmentSource, keys: Sequence[LayerKey]) -> dict[LayerKey, float]:
     """``max|W|`` of each layer (0 for a layer without filters)."""
+    if hasattr(source, "max_pass"):  # a source that runs the pass itself (analysis/distributed.py)
+        return source.max_pass(keys)
     out = {key: 0.0 for key in keys}
     for key, rows in source(keys):
         if len(rows):
@@ -250,6 +254,8 @@ def layer_pass(
     more read of those layers only). With ``out_channels[key] = (c_out, n_filters)`` the
     layer's :func:`orthogonality` too: its filters are gathered while they stream (one
     layer at a time when the source gives each layer's segments together)."""
+    if hasattr(source, "layer_pass"):  # a source that runs the pass itself (analysis/distributed.py)
+        return source.layer_pass(keys, layer_max, k, threshold, progress, out_channels)
     maxima = {key: layer_max.get(key) for key in keys}
     unknown = [key for key, m in maxima.items() if m is None or not np.isfinite(m)]
     if unknown:
@@ -278,6 +284,8 @@ def layer_pass(
 def range_pass(source: SegmentSource, keys: Sequence[LayerKey], basis: PCABasis,
                progress: Callable[[int], None] | None = None) -> tuple[float, float]:
     """Pass 2: the scalar histogram range, min and max of every projected scaled filter."""
+    if hasattr(source, "range_pass"):  # a source that runs the pass itself (analysis/distributed.py)
+        return source.range_pass(keys, basis, progress)
     low, high = np.inf, -np.inf
     for _, rows in source(keys):
         lo, hi = range_chunk_partial(rows, basis)
@@ -296,6 +304,8 @@ def hist_pass(
 
     ``units[layer]`` lists the targets a layer feeds, each with its weight (how often the
     layer's model stands in that group's pair list)."""
+    if hasattr(source, "hist_pass"):  # a source that runs the pass itself (analysis/distributed.py)
+        return source.hist_pass(units, limits, basis, low, high, n_bins, progress)
     k = len(basis.explained_variance_ratio)
     counts: dict[object, np.ndarray] = {}
     keys = [key for key, targets in units.items() if targets]
@@ -400,6 +410,8 @@ def paper_distribution_shift(
 
     kernel_size = (int(kernel_size[0]), int(kernel_size[1]))
     k = kernel_size[0] * kernel_size[1]
+    if source is None and hasattr(filter_chunks_fn, "segments"):  # e.g. a Dask cluster's source
+        source = filter_chunks_fn.segments(k)
     if source is None:
         if filter_chunks_fn is None:
             raise ValueError("give filter_chunks_fn or source")

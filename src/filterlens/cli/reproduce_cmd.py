@@ -50,6 +50,11 @@ def reproduce_cmd(
                             "--out FILE.json)."),
     no_report: bool = typer.Option(False, "--no-report", help="Skip the HTML report."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-j", help="Run the passes on a local Dask cluster "
+                                          "of N worker processes (one task per model; same numbers)."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Run them on a running Dask cluster: "
+                                            "tcp://HOST:PORT or a scheduler file (or set FILTERLENS_SCHEDULER); "
+                                            "its workers need the database at the same path."),
 ) -> None:
     """Reproduce the paper's numbers from its published filter data, beside the published values.
 
@@ -72,8 +77,11 @@ def reproduce_cmd(
     if report_dir is not None and report_dir.exists() and not report_dir.is_dir():
         raise FilterlensError(f"--out {report_dir}: exists and is not a directory")
 
-    with _Stages(enabled=not quiet) as stages:
-        result = reproduce(dataset, pairs, db, progress=stages)
+    from ..db.distributed import cluster_options, maybe_connect
+
+    cluster_options(workers, scheduler)  # a bad option fails before any import
+    with maybe_connect(workers, scheduler) as client, _Stages(enabled=not quiet) as stages:
+        result = reproduce(dataset, pairs, db, progress=stages, client=client)
     text = result.to_json()
     if report_dir is not None:
         from ..report.reproduce import write_report

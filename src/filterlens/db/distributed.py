@@ -111,6 +111,27 @@ def connect(workers: int | None = None, scheduler: str | None = None) -> Iterato
             yield client
 
 
+def cluster_options(workers: int | None, scheduler: str | None) -> tuple[int | None, str | None]:
+    """``--workers N`` / ``--scheduler ADDR`` as the CLI reads them: not both; N >= 1; without
+    either, the scheduler named by ``FILTERLENS_SCHEDULER`` (if set). ``(None, None)``: serial."""
+    if workers is not None and scheduler:
+        raise FilterlensError("give --workers (a local cluster) or --scheduler (a running one), not both")
+    if workers is not None and workers < 1:
+        raise FilterlensError("--workers must be at least 1")
+    return workers, scheduler or (None if workers is not None else os.environ.get(SCHEDULER_ENV) or None)
+
+
+@contextmanager
+def maybe_connect(workers: int | None, scheduler: str | None) -> Iterator["Client | None"]:
+    """:func:`connect` after :func:`cluster_options`; ``None`` (run serially) when neither is given."""
+    workers, scheduler = cluster_options(workers, scheduler)
+    if workers is None and not scheduler:
+        yield None
+        return
+    with connect(workers, scheduler) as client:
+        yield client
+
+
 def preload() -> None:
     """Import the modules workers run and load the compiled kernels (from numba's cache) for
     float32 weights, writable and read-only (as ONNX files give them)."""

@@ -234,13 +234,15 @@ def reproduce(
     progress: Progress | None = None,
     n_bins: int = N_BINS,
     chunk_size: int = 1 << 16,
+    client=None,
 ) -> ReproduceResult:
     """Replay the paper's numbers on ``h5`` (its ``dataset.h5`` layout) with the pair list ``pairs``.
 
     ``pairs``: the paper's ``robust_vs_normal_pairings.csv`` (or any table :func:`pair_list`
     reads; a DataFrame of ``robust, normal[, dataset]`` works too). ``db_path``: the filter
     database to import into or reuse (default ``DATASET.filterdb`` beside the file).
-    ``progress(stage, advance, total)`` is called as the work proceeds.
+    ``progress(stage, advance, total)`` is called as the work proceeds. With a Dask ``client``
+    the passes run one task per model on its workers (same numbers, see analysis/distributed.py).
     """
     h5 = Path(h5)
     plist = pair_list(pairs)
@@ -271,6 +273,10 @@ def reproduce(
     k = kh * kw
     keys = list(zip(layers["model"].astype(str), layers["layer"].astype(str)))
     source = segments_from_db(db, layers, chunk_size)
+    if client is not None:  # the same passes, one task per model on the cluster
+        from ..analysis.distributed import DaskSegments
+
+        source = DaskSegments(db, client, layers, kind="db", chunk_size=chunk_size, k=k)
     total = int(layers["n_filters"].sum())
 
     def tick(stage: str) -> Callable[[int], None] | None:
