@@ -88,13 +88,21 @@ def test_same_outputs_and_filters_as_robustbench(model_dicts, tmp_path, monkeypa
     ours = rb.load_entry_module(entry, tmp_path)
     size = 224 if dataset == "imagenet" else 32
     x = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(1))
+    ran: set[str] = set()  # the convs RobustBench's own forward pass calls (hooks, no filterlens code)
+    hooks = [m.register_forward_hook(lambda *_, n=n: ran.add(n)) for n, m in theirs.named_modules()
+             if isinstance(m, torch.nn.Conv2d)]
     with torch.no_grad():
         got, want = ours(x), theirs(x)
+    for h in hooks:
+        h.remove()
     # float32 noise (e.g. RobustBench's Swish vs SiLU) grows through deep random nets: judge it
     # against the logits' scale
     assert torch.isfinite(want).all() and (got - want).abs().max() <= 1e-5 * want.abs().max() + 1e-6
     mf = rb.model_filters(entry, ours, name, f"robustbench:{name}")
     theirs_convs = {n: m.weight for n, m in theirs.named_modules() if isinstance(m, torch.nn.Conv2d)}
     assert {l.name for l in mf.layers} == set(theirs_convs)
+    if not entry.is_ensemble:  # unused: exactly the convs RobustBench's forward never calls (sub_block1)
+        assert {l.name for l in mf.layers if l.unused} == set(theirs_convs) - ran
+        assert all(l.depth is None and l.conv_depth is None for l in mf.layers if l.unused)
     for layer in mf.layers:
         assert torch.equal(torch.from_numpy(layer.weight), theirs_convs[layer.name].detach())
