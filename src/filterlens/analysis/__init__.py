@@ -6,7 +6,7 @@ yields a layer's filters in chunks, so any source of such data can be analysed.
 
 from .bins import ALL, BIN_LABELS, DECILES, FIRST, METRICS, assign_bins, depth_bin, model_bin_table, select_layers
 from .claims import CLAIMS, evaluate_claims
-from .compare import ComparisonResult, chunks_from, compare
+from .compare import ComparisonResult, chunks_from, compare, compare_db
 from .groups import GroupSpec, Groups, Pairs, load_pairs, match_pairs, pair_list, split_groups
 from .paper import paper_distribution_shift
 from .settings import CompareSettings
@@ -42,6 +42,7 @@ __all__ = [
     "chunks_from",
     "cohens_d",
     "compare",
+    "compare_db",
     "depth_bin",
     "distribution_shift",
     "evaluate_claims",
