@@ -214,6 +214,16 @@ def test_database_stores_the_flag_and_comparisons_are_unchanged(tmp_path):
     pd.testing.assert_frame_equal(res_u.claims, res_p.claims)
     assert res_u.notes == res_p.notes
 
+    # the paper's HDF5 format never held it either
+    import h5py
+
+    from filterlens.db import export_h5
+
+    got, want = export_h5(db_u, tmp_path / "u.h5"), export_h5(db_p, tmp_path / "p.h5")
+    assert (got["n_layers"], got["n_filters"]) == (want["n_layers"], want["n_filters"])
+    with h5py.File(tmp_path / "u.h5") as a, h5py.File(tmp_path / "p.h5") as b:
+        np.testing.assert_array_equal(a["filters"][:], b["filters"][:])
+
 
 def test_a_database_written_before_the_column_reads_unused_false(tmp_path):
     _, plain = pair()
@@ -298,6 +308,9 @@ def test_trades_wrn_sub_block1_is_unused_and_changes_nothing(trades_wrn, tmp_pat
     table = pd.read_csv(pd.io.common.StringIO(out))
     assert set(table.loc[table["unused"], "layer"]) == set(flagged)
     assert table.loc[table["unused"], "sparsity"].isna().all()
+    code, out, err = run_cli(capsys, "metrics", "robustbench:Carmon2019Unlabeled")  # the table says which
+    assert code == 0 and "unused" in out and "sub_block1.layer.0.conv1" in out
+    assert "never used in the forward pass" in err
     code, out, _ = run_cli(capsys, "metrics", "robustbench:Carmon2019Unlabeled", "-f", "csv", "--summary")
     assert code == 0
     got = pd.read_csv(pd.io.common.StringIO(out)).iloc[0]
