@@ -2,9 +2,10 @@
 
 ::
 
+    from filterlens import load_model, measure_model
     from filterlens.db import FilterDB
     db = FilterDB.open_or_create("filters.db")
-    mf = load_model("resnet20.th")
+    mf = load_model("resnet20.th", arch="cifar_resnet20")
     db.add(mf, {"training": "normal", "dataset": "cifar10"}, measure_model(mf))   # measured layers
     db.query("SELECT training, avg(variance_entropy) FROM layers_full GROUP BY training")
     for layers, filters in db.iter_filters(kernel_size=3):   # (n, 3, 3) blocks, streamed
