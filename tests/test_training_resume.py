@@ -115,3 +115,15 @@ def test_one_output_is_trained_by_one_process_at_a_time(tmp_path):
         with pytest.raises(FilterlensError, match="being trained by another process"):
             train_and_save(dataset="cifar10", arch="small_vgg8", out=out, epochs=1)
     assert not out.exists() and not train_state_path(out).exists()
+
+
+def test_overfitting_guard_attacks_images_of_every_class_even_when_the_data_is_sorted():
+    from filterlens.robust.train import guard_indices
+
+    labels = np.repeat(np.arange(10), 5000)  # stored sorted by class, as image folders are
+    idx = guard_indices(len(labels), 256, seed=0).numpy()
+    assert len(idx) == 256 and len(set(idx)) == 256
+    counts = np.bincount(labels[idx], minlength=10)
+    assert counts.min() >= 10  # every class present (expected 25.6 each)
+    assert np.array_equal(idx, guard_indices(len(labels), 256, seed=0).numpy())
+    assert len(guard_indices(100, 256, seed=0)) == 100

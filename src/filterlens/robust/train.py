@@ -180,6 +180,16 @@ class TrainResult:
     note: str = ""
 
 
+def guard_indices(n: int, guard_n: int, seed: int) -> torch.Tensor:
+    """The training images the overfitting guard attacks: ``min(guard_n, n)`` drawn at random.
+
+    Training sets are often stored sorted by class, so the first images would all be one class
+    (a model that predicts that class would look robust). The draw has its own generator, so
+    the data order and augmentation of training do not change.
+    """
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7919))[: min(guard_n, n)]
+
+
 def _guard_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, g: torch.Generator) -> float:
     from .attacks import pgd
 
@@ -282,7 +292,7 @@ def train_model(
         best_guard, best_state = -1.0, None
         if cfg.guard and cfg.method != "normal":
             guard_x, guard_y = BatchLoader(data, cfg.guard_n, channels_last=cfg.channels_last)._batch(
-                torch.arange(min(cfg.guard_n, loader.num_examples)))
+                guard_indices(loader.num_examples, cfg.guard_n, cfg.seed))
         result = TrainResult()
         bar = None
         if progress:
