@@ -212,11 +212,11 @@ def save_train_state(path: Path, state: dict) -> None:
     """Write a training state atomically (a kill mid-write leaves the previous state)."""
     import io
 
-    from .card import _atomic_write
+    from ..atomic import write_bytes_atomic
 
     buf = io.BytesIO()
     torch.save(state, buf)
-    _atomic_write(Path(path), buf.getvalue())
+    write_bytes_atomic(Path(path), buf.getvalue())
 
 
 def load_train_state(path: Path, cfg: TrainConfig) -> dict:

@@ -142,7 +142,8 @@ def index_path(out_dir: Path) -> Path:
 
 def write_index(out_dir: Path = WEIGHTS_DIR) -> Path:
     """(Re)write the index of the trained models found in ``out_dir``, in recipe order."""
-    from ..robust.card import _atomic_write, read_card
+    from ..atomic import write_bytes_atomic
+    from ..robust.card import read_card
 
     out_dir = Path(out_dir)
     ip = index_path(out_dir)
@@ -184,7 +185,7 @@ def write_index(out_dir: Path = WEIGHTS_DIR) -> Path:
         "total_training_time_s": round(sum(r["training_time_s"] or 0 for r in rows), 1),
         "total_size_bytes": sum(r["size_bytes"] for r in rows),
     }
-    _atomic_write(ip, (json.dumps(index, indent=2) + "\n").encode())
+    write_bytes_atomic(ip, (json.dumps(index, indent=2) + "\n").encode())
     return ip
 
 
