@@ -220,6 +220,15 @@ def _keys_of(first_arg) -> Iterable[LayerKey]:
     return first_arg.keys() if isinstance(first_arg, Mapping) else first_arg
 
 
+def preload() -> None:
+    """What the analysis tasks run, imported before local workers are forked (``connect(warm=)``):
+    they then start their first pass at once instead of each importing scipy, pandas, duckdb."""
+    import scipy.stats  # noqa: F401
+
+    from ..db import FilterDB  # noqa: F401
+    from . import compare  # noqa: F401
+
+
 def compare_on_cluster(db, groups=None, pairs=None, *, client: "Client", **kwargs: Any):
     """:func:`~filterlens.analysis.compare.compare` over a filter database with the shift's passes
     on ``client`` (one task per model); ``kwargs`` as for ``compare``. Equal to the serial run."""

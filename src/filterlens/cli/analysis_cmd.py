@@ -127,9 +127,10 @@ def compare_cmd(
         raise FilterlensError(f"--shift-procedure must be paper or per-bin, not {shift_procedure!r}")
     if count_shared not in counts:
         raise FilterlensError(f"--count-shared must be per-pair or once, not {count_shared!r}")
+    from ..analysis.distributed import preload
     from ..db.distributed import maybe_connect
 
-    with maybe_connect(workers, scheduler) as client:
+    with maybe_connect(workers, scheduler, warm=preload) as client:
         _, result = run_compare(db, by, groups, pairs, n_boot, seed, shift=not no_shift,
                                 shift_procedure=procedures[shift_procedure], count_shared=counts[count_shared],
                                 client=client)

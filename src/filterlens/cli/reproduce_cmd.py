@@ -77,10 +77,11 @@ def reproduce_cmd(
     if report_dir is not None and report_dir.exists() and not report_dir.is_dir():
         raise FilterlensError(f"--out {report_dir}: exists and is not a directory")
 
+    from ..analysis.distributed import preload
     from ..db.distributed import cluster_options, maybe_connect
 
     cluster_options(workers, scheduler)  # a bad option fails before any import
-    with maybe_connect(workers, scheduler) as client, _Stages(enabled=not quiet) as stages:
+    with maybe_connect(workers, scheduler, warm=preload) as client, _Stages(enabled=not quiet) as stages:
         result = reproduce(dataset, pairs, db, progress=stages, client=client)
     text = result.to_json()
     if report_dir is not None:

@@ -30,7 +30,7 @@ from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import pyarrow as pa
 
@@ -72,9 +72,12 @@ _RUN_MARKER = "run"
 
 
 @contextmanager
-def connect(workers: int | None = None, scheduler: str | None = None) -> Iterator["Client"]:
+def connect(workers: int | None = None, scheduler: str | None = None,
+            warm: Callable[[], None] | None = None) -> Iterator["Client"]:
     """A Dask client: on a new local cluster of ``workers`` processes (one thread each), or on
-    the running scheduler at ``scheduler`` (``tcp://host:port``, or a scheduler file path)."""
+    the running scheduler at ``scheduler`` (``tcp://host:port``, or a scheduler file path).
+    ``warm`` (default :func:`preload`, extraction's) runs before local workers are forked from
+    this process, so that they start with what it imported and loaded."""
     try:
         from distributed import Client, LocalCluster
     except ImportError:  # pragma: no cover - dask[distributed] is a dependency
@@ -103,7 +106,7 @@ def connect(workers: int | None = None, scheduler: str | None = None) -> Iterato
     # instead of importing everything again each, and close as fast.
     config = {"distributed.scheduler.allowed-failures": 1}
     if sys.platform == "linux":
-        preload()
+        (warm or preload)()
         config["distributed.worker.multiprocessing-method"] = "fork"
     with dask.config.set(config):  # for the cluster's life: a worker that died is forked again
         with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
@@ -122,13 +125,14 @@ def cluster_options(workers: int | None, scheduler: str | None) -> tuple[int | N
 
 
 @contextmanager
-def maybe_connect(workers: int | None, scheduler: str | None) -> Iterator["Client | None"]:
+def maybe_connect(workers: int | None, scheduler: str | None,
+                  warm: Callable[[], None] | None = None) -> Iterator["Client | None"]:
     """:func:`connect` after :func:`cluster_options`; ``None`` (run serially) when neither is given."""
     workers, scheduler = cluster_options(workers, scheduler)
     if workers is None and not scheduler:
         yield None
         return
-    with connect(workers, scheduler) as client:
+    with connect(workers, scheduler, warm) as client:
         yield client
 
 
