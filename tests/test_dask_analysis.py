@@ -9,6 +9,7 @@ model order, so the floats are bit-identical, not merely close).
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -143,6 +144,45 @@ def test_cli_bad_cluster_options(paper_db, extra, needle, capsys):
         out, err = capsys.readouterr()
         assert info.value.code == 1
         assert err.startswith("error: ") and needle in err and "Traceback" not in err and not out
+
+
+class _Deadly(distributed.WorkerPlugin):
+    """On every worker, present and future: the pass of ``victim`` kills the worker."""
+
+    name = "filterlens-deadly"
+
+    def __init__(self, victim: str):
+        self.victim = victim
+
+    def setup(self, worker):
+        from filterlens.analysis import distributed as mod
+
+        run, victim = mod.run_model_pass, self.victim
+
+        def deadly(spec, model, *args):
+            if model == victim:
+                os._exit(1)
+            return run(spec, model, *args)
+
+        mod.run_model_pass = deadly
+
+
+def test_a_model_whose_task_kills_its_workers_is_redone_by_the_client(paper_db, client):
+    """The pass of one model kills every worker that runs it: Dask gives up on it
+    (KilledWorker), the client runs it itself, and the result is the serial one. Last in the
+    module: it kills the cluster's workers (they are started again)."""
+    fdb = FilterDB.open(paper_db[0])
+    models, layers = fdb.models(), fdb.layers()
+    victim = sorted(layers["model"])[0]
+    serial = compare(models, layers, chunks_from(fdb), pairs=str(PAIRS), n_boot=200)
+    client.register_plugin(_Deadly(victim))
+    try:
+        source = fad.DaskSegments(fdb, client)
+        on_cluster = compare(models, layers, source, pairs=str(PAIRS), n_boot=200)
+    finally:
+        client.unregister_worker_plugin(_Deadly.name)
+    assert on_cluster.to_json() == serial.to_json()
+    assert victim in source.fallbacks and source.tasks > 0  # the others ran on the workers
 
 
 @settings(max_examples=30, deadline=None)

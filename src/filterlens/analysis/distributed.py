@@ -16,7 +16,8 @@ the serial run streams), and merges the per-model partial results in model order
 Workers read the filters files from the database directory: on a local cluster they share the
 filesystem; on a remote cluster the database must be at the same path on every worker (a shared
 filesystem). A worker that cannot open the database there, or finds a different model under the
-same name (checked by its sha256), says so and the client runs that model's pass itself.
+same name (checked by its sha256), says so and the client runs that model's pass itself; so
+does the client for a model whose task keeps killing workers (Dask's ``KilledWorker``).
 
 A :class:`DaskSegments` is also an ordinary segment source and a ``filter_chunks_fn`` (called in
 this process), so code that streams filters without a pass (the per-bin shift variant, report
@@ -181,7 +182,7 @@ class DaskSegments:
     def _map(self, name: str, calls: Mapping[str, tuple], kwargs: dict,
              progress: Callable[[int], None] | None = None) -> list:
         """Run ``paper.<name>(source_of_model, *calls[model])`` for every model; results in model order."""
-        from distributed import as_completed
+        from distributed import KilledWorker, as_completed
 
         layers_of = ({m: t[["layer_id", "model", "layer"]] for m, t in self.layers.groupby("model", sort=False)}
                      if self.spec.kind == "db" else {})
@@ -194,7 +195,10 @@ class DaskSegments:
         results = {}
         for fut in as_completed(list(futures.values())):
             model = model_of[fut.key]
-            value = fut.result()
+            try:
+                value = fut.result()
+            except KilledWorker:  # the model's task killed its workers (memory?): a read-only pass, redo it here
+                value = UNSEEN
             if isinstance(value, str) and value == UNSEEN:  # the worker cannot read the database: do it here
                 value = getattr(paper, name)(self._local, *calls[model], **kwargs)
                 self.fallbacks.append(model)
