@@ -147,11 +147,8 @@ class DaskSegments:
         """This source for filters of ``k`` values (what ``paper_distribution_shift`` asks for)."""
         if k == self.spec.k:
             return self
-        clone = object.__new__(DaskSegments)
-        clone.__dict__.update(self.__dict__)
-        clone.spec = SourceSpec(self.spec.path, self.spec.kind, self.spec.chunk_size, int(k))
-        clone._local = open_source(self.db, clone.spec, self.layers)
-        return clone
+        return DaskSegments(self.db, self.client, self.layers, kind=self.spec.kind, chunk_size=self.spec.chunk_size,
+                            k=k)
 
     # the passes, one task per model
     def max_pass(self, keys: Sequence[LayerKey]) -> dict[LayerKey, float]:
