@@ -110,7 +110,7 @@ def main() -> None:
                 rss[name] = max(rss[name], peak)
                 outputs.setdefault(name, out)
                 loads.append(os.getloadavg()[0])
-        print(f"\n| route | best | median | all runs | peak RSS (all processes) |\n|---|---|---|---|---|")
+        print("\n| route | best | median | all runs | peak RSS (all processes) |\n|---|---|---|---|---|")
         for name in jobs:
             ts = times[name]
             print(f"| {name} | {min(ts):.2f} s | {statistics.median(ts):.2f} s | "

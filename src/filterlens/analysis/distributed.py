@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from . import paper
-from .paper import LayerKey, Segments
+from .paper import LayerKey
 
 if TYPE_CHECKING:
     from distributed import Client
