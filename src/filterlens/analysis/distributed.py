@@ -93,6 +93,11 @@ def open_source(db, spec: SourceSpec, layers: pd.DataFrame) -> paper.SegmentSour
     return paper.segments_from_chunks(chunks_from(db, spec.chunk_size), spec.k)
 
 
+#: Databases this worker has opened, by path: opened once per worker, not once per task (its
+#: snapshot is re-read whenever the database's manifest changes, so it never goes stale).
+_OPEN: dict[str, Any] = {}
+
+
 def run_model_pass(spec: SourceSpec, model: str, sha256: str | None, layers: pd.DataFrame, name: str,
                    args: tuple, kwargs: dict) -> Any:
     """On a worker: the serial pass ``name`` over one model's filters, or :data:`UNSEEN` when the
@@ -101,7 +106,9 @@ def run_model_pass(spec: SourceSpec, model: str, sha256: str | None, layers: pd.
     from ..errors import FilterlensError
 
     try:
-        db = FilterDB.open(spec.path)
+        db = _OPEN.get(spec.path)
+        if db is None:
+            db = _OPEN[spec.path] = FilterDB.open(spec.path)
         row = db.models().set_index("model").loc[model] if sha256 is not None else None
     except (FilterlensError, OSError, KeyError):
         return UNSEEN
