@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from ..errors import ArchitectureError
 from ._common import check_num_classes, conv3x3
 from .registry import register_arch
-from .wide_resnet import _ACTIVATIONS, CIFAR10_MEAN, CIFAR10_STD
+from .wide_resnet import CIFAR10_MEAN, CIFAR10_STD, resolve_activation
 
 __all__ = ["DMPreActBlock", "DMPreActResNet", "dm_preact_resnet18"]
 
@@ -70,12 +70,7 @@ class DMPreActResNet(nn.Module):
         super().__init__()
         if depth not in _DEPTHS:
             raise ArchitectureError(f"a DeepMind PreAct ResNet has depth 18 or 34; got {depth!r}")
-        try:
-            act = _ACTIVATIONS[activation.lower()]
-        except (KeyError, AttributeError):
-            raise ArchitectureError(
-                f"unknown activation {activation!r}; use one of {', '.join(_ACTIVATIONS)}"
-            ) from None
+        act = resolve_activation(activation)
         mean_v, std_v = [float(v) for v in mean], [float(v) for v in std]
         if len(mean_v) != 3 or len(std_v) != 3 or any(v == 0 for v in std_v):
             raise ArchitectureError("mean and std need 3 values each, std without zeros")

@@ -37,6 +37,27 @@ CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2471, 0.2435, 0.2616)
 
 
+def init_like_trades(model: nn.Module) -> None:
+    """The TRADES WideResNet's initialisation: He-normal convs (fan-out), BN 1/0, zero linear bias."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            fan = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
+            nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan))
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
+def resolve_activation(name: str) -> type[nn.Module]:
+    """The activation module class named ``name`` (case-insensitive), or an ``ArchitectureError``."""
+    try:
+        return _ACTIVATIONS[name.lower()]
+    except (KeyError, AttributeError):
+        raise ArchitectureError(f"unknown activation {name!r}; use one of {', '.join(_ACTIVATIONS)}") from None
+
+
 def _blocks_per_stage(depth: int, width: int) -> int:
     if isinstance(depth, bool) or not isinstance(depth, int) or depth < 10 or (depth - 4) % 6 != 0:
         raise ArchitectureError(
@@ -143,15 +164,7 @@ class WideResNet(NormalizedInput):
         self.fc = nn.Linear(channels[3], num_classes, bias=bias_last)
         self.nChannels = channels[3]
 
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                fan = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan))
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear) and m.bias is not None:
-                nn.init.zeros_(m.bias)
+        init_like_trades(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv1(self.normalize_input(x))
@@ -302,12 +315,7 @@ class DMWideResNet(nn.Module):
     ) -> None:
         super().__init__()
         n = _blocks_per_stage(depth, width)
-        try:
-            act = _ACTIVATIONS[activation.lower()]
-        except (KeyError, AttributeError):
-            raise ArchitectureError(
-                f"unknown activation {activation!r}; use one of {', '.join(_ACTIVATIONS)}"
-            ) from None
+        act = resolve_activation(activation)
         mean_v, std_v = [float(v) for v in mean], [float(v) for v in std]
         if len(mean_v) != num_input_channels or len(std_v) != num_input_channels:
             raise ArchitectureError(f"mean and std need {num_input_channels} values each")

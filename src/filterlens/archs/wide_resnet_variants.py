@@ -22,21 +22,9 @@ import torch.nn.functional as F
 from ..errors import ArchitectureError
 from ._common import check_num_classes, conv1x1, conv3x3
 from .registry import register_arch
-from .wide_resnet import NetworkBlock, _blocks_per_stage
+from .wide_resnet import NetworkBlock, _blocks_per_stage, init_like_trades
 
 __all__ = ["RobustWideResNet", "PSSiLU", "PSSiLUWideResNet", "robust_wide_resnet", "pssilu_wrn_28_10"]
-
-
-def _init_like_trades(model: nn.Module) -> None:
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            fan = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-            nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan))
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear) and m.bias is not None:
-            nn.init.zeros_(m.bias)
 
 
 class RobustWideResNet(nn.Module):
@@ -61,7 +49,7 @@ class RobustWideResNet(nn.Module):
         self.bn1 = nn.BatchNorm2d(channels[-1])
         self.relu = nn.ReLU(inplace=True)
         self.fc = nn.Linear(channels[-1], num_classes)
-        _init_like_trades(self)
+        init_like_trades(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.stem_conv(x)
@@ -150,7 +138,7 @@ class PSSiLUWideResNet(nn.Module):
         self.bn1 = nn.BatchNorm2d(channels[3])
         self.activation = act
         self.fc = nn.Linear(channels[3], num_classes)
-        _init_like_trades(self)
+        init_like_trades(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.block3(self.block2(self.block1(self.conv1(x))))
