@@ -126,6 +126,15 @@ def make_zoo(zoo: Path, n: int) -> dict:
     return {"models": n, "filters_3x3": int(n3)}
 
 
+def ensure_zoo(work: Path, n: int) -> tuple[Path, dict]:
+    """``work/zoo`` with ``n`` models, generated unless already there; returns (zoo, counts)."""
+    zoo = work / "zoo"
+    if not (zoo / "index.csv").exists() or len(list((zoo / "onnx").glob("*.onnx"))) != n:
+        shutil.rmtree(zoo, ignore_errors=True)
+        return zoo, make_zoo(zoo, n)
+    return zoo, {"models": n, "filters_3x3": None}
+
+
 # --------------------------------------------------------------------------------------------
 # measuring a command
 
@@ -220,8 +229,12 @@ def paper_checkout(src: str, dest: Path) -> Path:
     return dest
 
 
-def run_paper(repo: Path, zoo: Path, work: Path) -> dict:
-    out = work / "paper_out"
+def run_paper(repo: Path, zoo: Path, work: Path, meta: Path | None = None, metrics: bool = True,
+              out_name: str = "paper_out") -> dict:
+    """The paper's pipeline into ``work/out_name`` (``meta``: its meta index, default the zoo's;
+    ``metrics=False``: the two extraction scripts only)."""
+    out = work / out_name
+    meta = meta or zoo / "index.csv"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     shim = work / "shim"
@@ -233,17 +246,19 @@ def run_paper(repo: Path, zoo: Path, work: Path) -> dict:
                                       "    def __iter__(self): return iter(self.it)\n"
                                       "    def update(self, n=1): pass\n    def close(self): pass\n")
     script = work / "paper_pipeline.sh"
-    metrics = work / "notebook_metrics.py"
-    metrics.write_text(NOTEBOOK_METRICS)
+    metrics_py = work / "notebook_metrics.py"
+    metrics_py.write_text(NOTEBOOK_METRICS)
     stamps = work / "paper_steps.txt"
     script.write_text(
         f"set -e\nexport PYTHONPATH={shim}:{repo}\ncd {repo}\ndate +%s.%N > {stamps}\n"
-        f"{sys.executable} create_filter_storage.py {zoo / 'onnx'} {zoo / 'index.csv'} {out} --split_after 1000\n"
+        f"{sys.executable} create_filter_storage.py {zoo / 'onnx'} {meta} {out} --split_after 1000\n"
         f"date +%s.%N >> {stamps}\n"
         f"{sys.executable} extract_filters.py {out} {out / 'datastorage.meta.csv'} {out / 'filter_info.csv'} {out}\n"
         f"date +%s.%N >> {stamps}\n"
-        f"{sys.executable} {metrics} {out}\ndate +%s.%N >> {stamps}\n")
+        + (f"{sys.executable} {metrics_py} {out}\ndate +%s.%N >> {stamps}\n" if metrics else ""))
     result = run_measured(["bash", str(script)])
+    if not metrics:
+        return result
     t = [float(x) for x in stamps.read_text().split()]
     result["steps_seconds"] = {"create_filter_storage": round(t[1] - t[0], 2), "extract_filters": round(t[2] - t[1], 2),
                                "notebook_metrics": round(t[3] - t[2], 2)}
@@ -268,12 +283,7 @@ def main() -> None:
     args = ap.parse_args()
 
     work = args.workdir
-    zoo = work / "zoo"
-    if not (zoo / "index.csv").exists() or len(list((zoo / "onnx").glob("*.onnx"))) != args.models:
-        shutil.rmtree(zoo, ignore_errors=True)
-        counts = make_zoo(zoo, args.models)
-    else:
-        counts = {"models": args.models, "filters_3x3": None}
+    zoo, counts = ensure_zoo(work, args.models)
     onnx_files = sorted(map(str, (zoo / "onnx").glob("*.onnx")))
     st_files = sorted(map(str, (zoo / "st").glob("*.safetensors")))
     mixed = [f for i, f in enumerate(onnx_files) if i % 2 == 0] + [f for i, f in enumerate(st_files) if i % 2 == 1]
