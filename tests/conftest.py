@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
 import pytest
+
+# Local Dask workers start from a fresh forkserver in the suite: forking the test process itself,
+# which holds the threads of many earlier tests (BLAS, numba, torch), once left a worker waiting
+# on a lock copied in the fork. Production keeps fork (FILTERLENS_DASK_START, db/distributed.py).
+os.environ.setdefault("FILTERLENS_DASK_START", "forkserver")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

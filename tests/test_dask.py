@@ -215,3 +215,19 @@ def test_cli_directory_with_workers_equals_serial(tmp_path, zoo, capsys):
     err = capsys.readouterr().err
     assert err.count("5 added, 0 skipped, 2 failed of 7 sources") == 2
     assert_same_db(FilterDB.open(tmp_path / "serial"), FilterDB.open(tmp_path / "workers"))
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="workers are forked on Linux only")
+def test_forked_workers_in_a_fresh_command_equal_serial(tmp_path, zoo):
+    """The production start method (workers forked from the CLI process after it has loaded what
+    they run), in a fresh process as a user runs it; the suite otherwise uses a forkserver."""
+    import subprocess
+
+    env = {**os.environ, "FILTERLENS_DASK_START": "fork"}
+    cmd = [sys.executable, "-m", "filterlens.cli.main", "extract", str(Path(zoo[0]).parent)]
+    for db, extra in (("serial", []), ("forked", ["--workers", "2"])):
+        done = subprocess.run([*cmd, "--db", str(tmp_path / db), *extra], env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 1 and "5 added, 0 skipped, 2 failed of 7 sources" in done.stderr
+        assert "Traceback" not in done.stderr
+    assert_same_db(FilterDB.open(tmp_path / "serial"), FilterDB.open(tmp_path / "forked"))

@@ -59,6 +59,7 @@ if TYPE_CHECKING:
 
 #: Environment variable naming the scheduler that ``--scheduler`` defaults to.
 SCHEDULER_ENV = "FILTERLENS_SCHEDULER"
+START_ENV = "FILTERLENS_DASK_START"  # how local workers start: fork (Linux default), spawn, forkserver
 #: Worker resource that, where every worker has one unit of it (``dask worker --resources
 #: filterlens=1``; local clusters have it), keeps one task at a time on each worker: when a
 #: worker dies, Dask then holds only the model it was running responsible, not the models
@@ -104,10 +105,16 @@ def connect(workers: int | None = None, scheduler: str | None = None,
     # _Run.receive), not 4 + 4 times. Where fork exists, workers are forked from this process
     # once it has imported and loaded what they run: they start in a fraction of a second
     # instead of importing everything again each, and close as fast.
+    # FILTERLENS_DASK_START=spawn|forkserver starts them afresh instead (safer in a process that
+    # already runs many threads, such as a test session: a fork copies their held locks).
     config = {"distributed.scheduler.allowed-failures": 1}
-    if sys.platform == "linux":
+    method = os.environ.get(START_ENV) or ("fork" if sys.platform == "linux" else None)
+    if method not in (None, "fork", "spawn", "forkserver"):
+        raise FilterlensError(f"{START_ENV} must be fork, spawn or forkserver, got {method!r}")
+    if method == "fork":
         (warm or preload)()
-        config["distributed.worker.multiprocessing-method"] = "fork"
+    if method:
+        config["distributed.worker.multiprocessing-method"] = method
     with dask.config.set(config):  # for the cluster's life: a worker that died is forked again
         with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
                           silence_logs=logging.ERROR, resources={RESOURCE: 1}) as cluster, Client(cluster) as client:
