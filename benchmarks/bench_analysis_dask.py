@@ -23,13 +23,13 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _proc  # noqa: E402
 from bench_reproduce import write_dataset  # noqa: E402
 
 CLI = [sys.executable, "-c", "from filterlens.cli.main import main; main()"]
@@ -37,31 +37,10 @@ CLI = [sys.executable, "-c", "from filterlens.cli.main import main; main()"]
 
 def run_measured(cmd: list[str]) -> tuple[float, int, str]:
     """Wall time, peak RSS (MiB, summed over the process tree) and stdout of ``cmd``."""
-    import psutil
-
-    with tempfile.TemporaryFile() as out:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.PIPE,
-                                env={**os.environ, "OMP_NUM_THREADS": "1"})
-        root, peak = psutil.Process(proc.pid), 0
-        while proc.poll() is None:
-            try:
-                total = 0
-                for p in [root] + root.children(recursive=True):
-                    try:
-                        total += p.memory_info().rss
-                    except psutil.Error:
-                        pass
-                peak = max(peak, total)
-            except psutil.Error:
-                pass
-            time.sleep(0.01)
-        err = proc.stderr.read().decode(errors="replace")
-        secs = time.perf_counter() - t0
-        if proc.returncode:
-            raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd[2:6])}\n{err[-3000:]}")
-        out.seek(0)
-        return secs, peak // 2**20, out.read().decode()
+    m = _proc.run_measured(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if m.returncode:
+        raise SystemExit(f"failed ({m.returncode}): {' '.join(cmd[2:6])}\n{m.stderr[-3000:]}")
+    return m.seconds, m.peak_rss // 2**20, m.stdout
 
 
 def comparable(text: str) -> dict:

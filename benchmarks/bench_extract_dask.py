@@ -41,10 +41,12 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _proc  # noqa: E402
 
 PAPER_GIT = "/work/.mirror/paulgavrikov+onnxzoo2filterdb/repo"
 
@@ -140,33 +142,14 @@ def ensure_zoo(work: Path, n: int) -> tuple[Path, dict]:
 
 
 def run_measured(cmd: list[str], env: dict | None = None, cwd: str | None = None) -> dict:
-    """Wall time and peak RSS (summed over the process tree) of ``cmd``."""
-    import psutil
-
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    root = psutil.Process(proc.pid)
-    peak = 0
-    while proc.poll() is None:
-        try:
-            procs = [root] + root.children(recursive=True)
-            total = 0
-            for p in procs:
-                try:
-                    total += p.memory_info().rss
-                except psutil.Error:
-                    pass
-            peak = max(peak, total)
-        except psutil.Error:
-            pass
-        time.sleep(0.01)
-    out, err = proc.communicate()
-    dt = time.perf_counter() - t0
-    if proc.returncode != 0:
-        Path("/tmp/bench_extract_dask.err").write_bytes(err)
-        sys.stderr.write(err.decode(errors="replace")[-3000:])
-        raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}")
-    return {"seconds": round(dt, 3), "peak_rss_mb": round(peak / 2**20), "load_average": round(os.getloadavg()[0], 1)}
+    """Wall time and peak RSS (summed over the process tree) of ``cmd``; exits if it fails."""
+    m = _proc.run_measured(cmd, env=env, cwd=cwd)
+    if m.returncode != 0:
+        Path("/tmp/bench_extract_dask.err").write_text(m.stderr)
+        sys.stderr.write(m.stderr[-3000:])
+        raise SystemExit(f"failed ({m.returncode}): {' '.join(cmd)}")
+    return {"seconds": round(m.seconds, 3), "peak_rss_mb": round(m.peak_rss / 2**20),
+            "load_average": round(os.getloadavg()[0], 1)}
 
 
 # --------------------------------------------------------------------------------------------
