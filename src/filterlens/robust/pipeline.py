@@ -60,7 +60,8 @@ def device_description(threads: int | None) -> str:
             cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
     except OSError:
         pass
-    return f"cpu: {cpu} ({threads or torch.get_num_threads()} threads)"
+    n = threads or torch.get_num_threads()
+    return f"cpu: {cpu} ({n} thread{'s' if n != 1 else ''})"
 
 
 def arch_kwargs_for(arch: str, dataset: str, extra: dict | None = None) -> dict:
