@@ -1,7 +1,7 @@
 """The README's zoo table: each model's card results plus its filters measured by filterlens.
 
-    python scripts/zoo_table.py zoo-v2                # a folder of NAME.safetensors + NAME.json cards
-    python scripts/zoo_table.py src/filterlens/zoo/weights
+    python scripts/zoo_table.py                       # the bundled zoo (src/filterlens/zoo/weights)
+    python scripts/zoo_table.py DIR                   # any folder of NAME.safetensors + NAME.json cards
 
 Per model: clean and PGD-20 accuracy (and AutoAttack where the card has it) from its card; the
 paper's pooled PCA spectrum entropy and the share of sparse 3x3 filters from a fresh filter
@@ -61,4 +61,6 @@ def main(folder: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "zoo-v2")
+    from filterlens.zoo import WEIGHTS_DIR
+
+    main(sys.argv[1] if len(sys.argv) > 1 else str(WEIGHTS_DIR))
