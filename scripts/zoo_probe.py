@@ -1,41 +1,65 @@
-"""Train a variant of a zoo recipe entry's robust arm, to try a stronger robust training.
+"""Train a variant of a zoo recipe entry, to test a change of the recipe before adopting it.
 
-    python scripts/zoo_probe.py cifar10_resnet20_fgsmrs_s0 --training pgd --attack-steps 3 --out-dir zoo-probe
+    python scripts/zoo_probe.py cifar10_resnet20_fgsmrs_s0 --training pgd --attack-steps 3
+    python scripts/zoo_probe.py cifar10_resnet20_normal_s0 --set lr=0.01 --set weight_decay=0.01 --tag wd
     python scripts/zoo_probe.py ... --resume          # continue after an interruption (same arguments)
 
-The variant keeps everything else of the recipe (data, epochs, optimiser, schedule, seed, the
-evaluation), so it stays paired with the recipe's normal models; only the training method and
-its attack change. It writes ``<out-dir>/<name>.safetensors`` and its card, never the package's zoo.
-Compare its pooled PCA spectrum entropy with ``python scripts/zoo_table.py <out-dir>``.
+The variant keeps everything of the entry that is not changed (data, epochs, seed, the
+evaluation); a change applied to both arms of a pair keeps them a pair. ``--set KEY=VALUE`` sets a
+``TrainConfig`` field (lr, weight_decay, batch_size, schedule, step_every, ...). The variant is
+named after its changes (``--tag``), and written as ``<out-dir>/<name>.safetensors`` with its card,
+never into the package's zoo. Compare it with ``python scripts/zoo_table.py <out-dir>``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from dataclasses import replace
 from pathlib import Path
 
 from filterlens.zoo.recipe import get, train_one
 
 
+def _value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text  # a bare word, e.g. schedule=step
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("entry", help="a robust recipe entry, e.g. cifar10_resnet20_fgsmrs_s0")
-    ap.add_argument("--training", default="pgd", help="pgd | trades | fgsm-rs")
+    ap.add_argument("entry", help="a recipe entry, e.g. cifar10_resnet20_fgsmrs_s0")
+    ap.add_argument("--training", default=None, help="pgd | trades | fgsm-rs (robust entries only)")
     ap.add_argument("--attack-steps", type=int, default=None)
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="a TrainConfig field to change (repeatable)")
+    ap.add_argument("--tag", default=None, help="added to the name for --set changes")
     ap.add_argument("--out-dir", type=Path, default=Path("zoo-probe"))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--resume", action="store_true")
     args = ap.parse_args()
     base = get(args.entry)
-    if base.training == "normal":
-        ap.error(f"{args.entry} is a normal model; probe a robust one")
+    if (args.training or args.attack_steps) and base.training == "normal":
+        ap.error(f"{args.entry} is a normal model; --training and --attack-steps change robust ones")
+    if args.sets and not args.tag:
+        ap.error("--set needs a --tag, so that the variant cannot be mistaken for the recipe's model")
     options = dict(base.options)
+    for item in args.sets:
+        key, sep, text = item.partition("=")
+        if not sep:
+            ap.error(f"--set {item!r}: use KEY=VALUE")
+        options[key] = _value(text)
     if args.attack_steps is not None:
         options["attack_steps"] = args.attack_steps
-    tag = args.training.replace("-", "") + (str(args.attack_steps) if args.attack_steps else "")
-    name = base.name.replace(base.name.split("_")[2], tag, 1)
-    entry = replace(base, name=name, training=args.training, options=options)
+    training = args.training or base.training
+    parts = base.name.split("_")  # dataset_arch_method_sSEED
+    if args.training or args.attack_steps:
+        parts[2] = training.replace("-", "") + (str(args.attack_steps) if args.attack_steps else "")
+    if args.tag:
+        parts.insert(3, args.tag)
+    entry = replace(base, name="_".join(parts), training=training, options=options)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     train_one(entry, out_dir=args.out_dir, threads=args.threads, resume=args.resume)
 
