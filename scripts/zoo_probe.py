@@ -6,7 +6,8 @@
 
 The variant keeps everything of the entry that is not changed (data, epochs, seed, the
 evaluation); a change applied to both arms of a pair keeps them a pair. ``--set KEY=VALUE`` sets a
-``TrainConfig`` field (lr, weight_decay, batch_size, schedule, step_every, ...). The variant is
+``TrainConfig`` field (lr, weight_decay, batch_size, schedule, step_every, ...) or the entry's
+``epochs``. The variant is
 named after its changes (``--tag``), and written as ``<out-dir>/<name>.safetensors`` with its card,
 never into the package's zoo. Compare it with ``python scripts/zoo_table.py <out-dir>``.
 """
@@ -45,12 +46,13 @@ def main() -> None:
         ap.error(f"{args.entry} is a normal model; --training and --attack-steps change robust ones")
     if args.sets and not args.tag:
         ap.error("--set needs a --tag, so that the variant cannot be mistaken for the recipe's model")
-    options = dict(base.options)
+    options, fields = dict(base.options), {}
     for item in args.sets:
         key, sep, text = item.partition("=")
         if not sep:
             ap.error(f"--set {item!r}: use KEY=VALUE")
-        options[key] = _value(text)
+        # epochs and n_train are fields of the entry; everything else is a TrainConfig option
+        (fields if key in ("epochs", "n_train") else options)[key] = _value(text)
     if args.attack_steps is not None:
         options["attack_steps"] = args.attack_steps
     training = args.training or base.training
@@ -59,7 +61,7 @@ def main() -> None:
         parts[2] = training.replace("-", "") + (str(args.attack_steps) if args.attack_steps else "")
     if args.tag:
         parts.insert(3, args.tag)
-    entry = replace(base, name="_".join(parts), training=training, options=options)
+    entry = replace(base, name="_".join(parts), training=training, options=options, **fields)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     train_one(entry, out_dir=args.out_dir, threads=args.threads, resume=args.resume)
 
