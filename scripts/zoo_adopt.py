@@ -14,11 +14,11 @@ and run ``filterlens zoo train --only NAME --resume``, which refuses a state of 
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from filterlens.atomic import write_bytes_atomic
 from filterlens.errors import FilterlensError
 from filterlens.robust.card import read_card, write_card
 from filterlens.zoo.recipe import get, write_index
@@ -50,11 +50,10 @@ def main() -> None:
     if out.exists() and not args.force:
         sys.exit(f"error: {out} exists; pass --force to replace it")
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(args.probe, out.with_suffix(".safetensors.tmp"))
     card.pop("format", None)
     card.update(name=target.name, recipe=asdict(target), adopted_from=card["name"])
     write_card(out.with_suffix(".json"), card)
-    out.with_suffix(".safetensors.tmp").replace(out)
+    write_bytes_atomic(out, args.probe.read_bytes())
     write_index(args.out_dir)
     print(f"{args.probe} -> {out}")
 

@@ -7,9 +7,8 @@
 The variant keeps everything of the entry that is not changed (data, epochs, seed, the
 evaluation); a change applied to both arms of a pair keeps them a pair. ``--set KEY=VALUE`` sets a
 ``TrainConfig`` field (lr, weight_decay, batch_size, schedule, step_every, ...) or the entry's
-``epochs``. The variant is
-named after its changes (``--tag``), and written as ``<out-dir>/<name>.safetensors`` with its card,
-never into the package's zoo. Compare it with ``python scripts/zoo_table.py <out-dir>``.
+``epochs``. The variant is named after its changes (``--tag``), and written as
+``<out-dir>/<name>.safetensors`` with its card, never into the package's zoo. Compare it with ``python scripts/zoo_table.py <out-dir>``.
 """
 
 from __future__ import annotations
@@ -35,7 +34,7 @@ def main() -> None:
     ap.add_argument("--training", default=None, help="pgd | trades | fgsm-rs (robust entries only)")
     ap.add_argument("--attack-steps", type=int, default=None)
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                    help="a TrainConfig field to change (repeatable)")
+                    help="a TrainConfig field or the epochs to change (repeatable)")
     ap.add_argument("--tag", default=None, help="added to the name for --set changes")
     ap.add_argument("--out-dir", type=Path, default=Path("zoo-probe"))
     ap.add_argument("--threads", type=int, default=1)
