@@ -3,12 +3,17 @@
     python scripts/zoo_probe.py cifar10_resnet20_fgsmrs_s0 --training pgd --attack-steps 3
     python scripts/zoo_probe.py cifar10_resnet20_normal_s0 --set lr=0.01 --set weight_decay=0.01 --tag wd
     python scripts/zoo_probe.py ... --resume          # continue after an interruption (same arguments)
+    python scripts/zoo_probe.py cifar10_resnet20_normal_s0 --set schedule=step --set step_every=10 --tag step10 \
+        --branch-from zoo-probe/states/cifar10_resnet20_normal_step15_s0.e10.pt   # start from another run's epoch 10
 
 The variant keeps everything of the entry that is not changed (data, epochs, seed, the
 evaluation); a change applied to both arms of a pair keeps them a pair. ``--set KEY=VALUE`` sets a
 ``TrainConfig`` field (lr, weight_decay, batch_size, schedule, step_every, ...) or the entry's
 ``epochs``. The variant is named after its changes (``--tag``), and written as
-``<out-dir>/<name>.safetensors`` with its card, never into the package's zoo. Compare it with ``python scripts/zoo_table.py <out-dir>``.
+``<out-dir>/<name>.safetensors`` with its card, never into the package's zoo. ``--branch-from``
+starts from another run's training state when that run's finished epochs are exactly this one's
+(``robust.train.is_prefix``); the result is then the direct run's, bit for bit
+(``tests/test_training_resume.py``), so its card describes the direct run. Compare it with ``python scripts/zoo_table.py <out-dir>``.
 """
 
 from __future__ import annotations
@@ -39,6 +44,9 @@ def main() -> None:
     ap.add_argument("--out-dir", type=Path, default=Path("zoo-probe"))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--branch-from", type=Path, default=None, metavar="STATE",
+                    help="start from this training state of another run whose finished epochs are exactly "
+                         "this run's (a step schedule decaying later, or a shorter run); copied, never changed")
     args = ap.parse_args()
     base = get(args.entry)
     if (args.training or args.attack_steps) and base.training == "normal":
@@ -62,7 +70,24 @@ def main() -> None:
         parts.insert(3, args.tag)
     entry = replace(base, name="_".join(parts), training=training, options=options, **fields)
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    train_one(entry, out_dir=args.out_dir, threads=args.threads, resume=args.resume)
+    if args.branch_from is not None:
+        _branch(args.branch_from, args.out_dir / f"{entry.name}.train-state.pt", ap)
+    # a resumed probe may still hold the state it branched from, so resuming accepts a prefix too
+    train_one(entry, out_dir=args.out_dir, threads=args.threads, resume=args.resume or bool(args.branch_from),
+              branch=True)
+
+
+def _branch(source: Path, state: Path, ap: argparse.ArgumentParser) -> None:
+    """Copy another run's state to this run's state path; ``train_one(branch=True)`` then checks it."""
+    import shutil
+
+    if not source.is_file():
+        ap.error(f"--branch-from {source}: no such training state")
+    if state.exists():
+        ap.error(f"{state} exists; continue it with --resume instead of --branch-from")
+    tmp = state.with_suffix(".pt.tmp")
+    shutil.copyfile(source, tmp)
+    tmp.replace(state)
 
 
 if __name__ == "__main__":

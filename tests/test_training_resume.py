@@ -127,3 +127,78 @@ def test_overfitting_guard_attacks_images_of_every_class_even_when_the_data_is_s
     assert counts.min() >= 10  # every class present (expected 25.6 each)
     assert np.array_equal(idx, guard_indices(len(labels), 256, seed=0).numpy())
     assert len(guard_indices(100, 256, seed=0)) == 100
+
+
+def _train_cfg(cfg, state_file=None, resume=False, branch=False, log=None):
+    torch.manual_seed(0)
+    model = create_arch("small_vgg8", width=8)
+    result = train_model(model, _data(), cfg, progress=False, state_file=state_file, resume=resume, branch=branch,
+                         log=log)
+    return model.state_dict(), result
+
+
+def _step(**kw):
+    return TrainConfig(**{**dict(method="fgsm-rs", epochs=3, batch_size=64, threads=1, guard_n=64, lr=0.05,
+                                 schedule="step", step_every=1, step_gamma=0.5), **kw})
+
+
+def test_a_branched_run_gives_the_weights_of_a_direct_one(tmp_path):
+    """A 4-epoch run with a decay after epoch 1, continued after its epoch 2 as a 3-epoch run that
+    decays after epoch 2 (the same learning rate until then), is that 3-epoch run bit for bit."""
+    direct, direct_result = _train_cfg(_step(epochs=3, step_every=2))
+    state = tmp_path / "b.train-state.pt"
+    with pytest.raises(_Killed):  # stop the longer run after its epoch 2
+        torch.manual_seed(0)
+        model = create_arch("small_vgg8", width=8)
+
+        def log(msg):
+            if "epoch 2/" in msg:
+                raise _Killed
+
+        train_model(model, _data(), _step(epochs=4, step_every=3), progress=False, log=log, state_file=state)
+    with pytest.raises(TrainingError, match="other settings"):  # a plain resume still refuses it
+        _train_cfg(_step(epochs=3, step_every=2), state, resume=True)
+    logged = []
+    branched, branched_result = _train_cfg(_step(epochs=3, step_every=2), state, resume=True, branch=True,
+                                           log=logged.append)
+    assert "resumed after epoch 2/3" in logged[0] and len(logged) == 2  # it ran only epoch 3
+    for key in direct:
+        assert torch.equal(direct[key], branched[key]), key
+    assert [h["loss"] for h in branched_result.history] == [h["loss"] for h in direct_result.history]
+
+
+def test_a_branch_whose_finished_epochs_differ_is_refused(tmp_path):
+    from filterlens.robust.train import is_prefix
+
+    after2 = _step(epochs=4, step_every=3).to_dict()
+    assert is_prefix(after2, _step(epochs=6, step_every=2), 2)  # a later decay, a longer run
+    assert is_prefix(after2, _step(epochs=2, step_every=5), 2)
+    assert not is_prefix(after2, _step(epochs=4, step_every=1), 2)  # epoch 2 would have decayed
+    assert not is_prefix(after2, _step(epochs=1, step_every=3), 2)  # shorter than the state
+    assert not is_prefix(after2, _step(epochs=4, step_every=3, lr=0.1), 2)
+    assert not is_prefix(after2, _step(epochs=4, step_every=3, weight_decay=1e-3), 2)
+    # milestones: decays after epochs 2 and 5, so the first two epochs match a decay every 3
+    assert is_prefix(after2, _step(epochs=8, milestones=[5, 2]), 2)
+    assert not is_prefix(after2, _step(epochs=8, milestones=[1, 5]), 2)
+    onecycle = _step(schedule="onecycle")
+    assert not is_prefix({**onecycle.to_dict(), "epochs": 5}, onecycle, 1)  # its lr depends on the length
+    ramp = _step(eps_warmup=0.5)
+    assert not is_prefix({**ramp.to_dict(), "epochs": 5}, ramp, 1)
+    state = tmp_path / "r.train-state.pt"
+    _train_cfg(_step(epochs=2, step_every=3), state)
+    before = state.read_bytes()
+    with pytest.raises(TrainingError, match="not those of this run"):
+        _train_cfg(_step(epochs=4, step_every=1), state, resume=True, branch=True)
+    assert state.read_bytes() == before
+
+
+def test_step_schedule_milestones():
+    from filterlens.robust.train import lr_at
+
+    cfg = TrainConfig(schedule="step", lr=0.1, step_gamma=0.1, milestones=[7, 21], epochs=28)
+    lrs = [lr_at(cfg, e * 10 + 3, 280, 10) for e in range(28)]
+    assert lrs[:7] == [0.1] * 7 and lrs[7:21] == [pytest.approx(0.01)] * 14 and lrs[21:] == [pytest.approx(0.001)] * 7
+    assert "milestones" not in TrainConfig(schedule="step").to_dict()  # older states still resume
+    assert cfg.to_dict()["milestones"] == [7, 21]
+    with pytest.raises(TrainingError, match="milestones"):
+        TrainConfig(schedule="step", milestones=[0, 3])

@@ -101,6 +101,7 @@ def train_and_save(
     name: str | None = None,
     card_extra: dict | None = None,
     resume: bool = False,
+    branch: bool = False,
     **train_options,
 ) -> dict:
     """Train, evaluate (clean on ``n_eval`` test images, PGD-``pgd_steps`` on ``n_attack``), save.
@@ -120,11 +121,12 @@ def train_and_save(
             dataset=dataset, arch=arch, out=out, training=training, eps=eps, epochs=epochs, seed=seed,
             n_train=n_train, data_dir=data_dir, arch_kwargs=arch_kwargs, n_eval=n_eval, n_attack=n_attack,
             pgd_steps=pgd_steps, progress=progress, log=log, name=name, card_extra=card_extra, resume=resume,
-            **train_options)
+            branch=branch, **train_options)
 
 
 def _train_and_save(*, dataset, arch, out: Path, training, eps, epochs, seed, n_train, data_dir, arch_kwargs,
-                    n_eval, n_attack, pgd_steps, progress, log, name, card_extra, resume, **train_options) -> dict:
+                    n_eval, n_attack, pgd_steps, progress, log, name, card_extra, resume, branch=False,
+                    **train_options) -> dict:
     from ..archs import create_arch
     from ..data import load_dataset
 
@@ -152,7 +154,7 @@ def _train_and_save(*, dataset, arch, out: Path, training, eps, epochs, seed, n_
                 f"{' eps ' + format_eps(eps) if cfg.method != 'normal' else ''}, {epochs} epochs, seed {seed}")
         state_file = train_state_path(out)
         result = train_model(model, sub, cfg, progress=progress, log=log, description=name or out.stem,
-                             state_file=state_file, resume=resume)
+                             state_file=state_file, resume=resume, branch=branch)
         te = time.perf_counter()
         results = evaluate_dataset(model, test_ds, eps, attack="pgd", n_clean=n_eval, n_attack=n_attack,
                                    steps=pgd_steps, seed=0)

@@ -11,7 +11,7 @@ import math
 import random
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -48,6 +48,7 @@ class TrainConfig:
     schedule: str = "onecycle"
     warmup: float = 0.4  # one-cycle: fraction of the run spent rising linearly to ``lr``
     step_every: int = 30  # step schedule: epochs between decays
+    milestones: tuple[int, ...] | None = None  # step schedule: decay after these epochs instead
     step_gamma: float = 0.1
     eps: float = 8 / 255
     alpha: float | None = None
@@ -83,9 +84,17 @@ class TrainConfig:
             }.get(self.method, 0.0)
         if self.guard is None:
             self.guard = self.method == "fgsm-rs"
+        if self.milestones is not None:
+            self.milestones = tuple(sorted(int(m) for m in self.milestones))
+            if not self.milestones or self.milestones[0] < 1:
+                raise TrainingError(f"milestones must be positive epoch numbers, got {list(self.milestones)}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
+        if self.milestones is None:
+            d.pop("milestones")  # as before the field existed, so that older states still resume
+        else:
+            d["milestones"] = list(self.milestones)
         if self.method == "normal":
             for k in ("eps", "alpha", "attack_steps", "trades_beta", "eps_warmup", "guard", "guard_n"):
                 d.pop(k)
@@ -99,7 +108,9 @@ def lr_at(cfg: TrainConfig, it: int, total: int, per_epoch: int) -> float:
     if cfg.schedule == "constant":
         return cfg.lr
     if cfg.schedule == "step":
-        return cfg.lr * cfg.step_gamma ** ((it // per_epoch) // cfg.step_every)
+        epoch = it // per_epoch
+        decays = sum(epoch >= m for m in cfg.milestones) if cfg.milestones else epoch // cfg.step_every
+        return cfg.lr * cfg.step_gamma ** decays
     t = (it + 1) / total
     if cfg.schedule == "cosine":
         return cfg.lr * 0.5 * (1 + math.cos(math.pi * t))
@@ -219,10 +230,39 @@ def save_train_state(path: Path, state: dict) -> None:
     write_bytes_atomic(Path(path), buf.getvalue())
 
 
-def load_train_state(path: Path, cfg: TrainConfig) -> dict:
+def _settings(d: dict) -> dict:
+    return {k: v for k, v in d.items() if k != "threads"}  # the thread count may change between runs
+
+
+def is_prefix(state_config: dict, cfg: TrainConfig, epochs_done: int) -> bool:
+    """Whether the first ``epochs_done`` epochs of a run of ``state_config`` are those of ``cfg``.
+
+    True when the two differ at most in ``epochs`` and the decays (``step_every``, ``milestones``),
+    the schedule is ``step`` or ``constant`` (its learning rate does not depend on the run's
+    length), no epsilon warm-up ramps over the run's length, ``cfg`` runs at least ``epochs_done``
+    epochs, and the learning rate of every finished epoch is the same under both. A state of such a run after ``epochs_done``
+    epochs is then exactly the state of ``cfg`` after them: e.g. a 40-epoch run continued to 60,
+    or a 20-epoch run with a decay at 15 branched, after epoch 10, into one that decays at 10.
+    """
+    a, b = _settings(state_config), _settings(cfg.to_dict())
+    free = ("epochs", "step_every", "milestones")
+    if {k: v for k, v in a.items() if k not in free} != {k: v for k, v in b.items() if k not in free}:
+        return False
+    if cfg.schedule not in ("step", "constant") or (cfg.eps_warmup > 0 and cfg.method != "normal"):
+        return False
+    if cfg.epochs < epochs_done:
+        return False
+    old = replace(cfg, milestones=None, **{k: a[k] for k in free if k in a})
+    # the step schedule is constant within an epoch: one iteration per epoch checks it
+    return all(lr_at(old, e, 1, 1) == lr_at(cfg, e, 1, 1) for e in range(epochs_done))
+
+
+def load_train_state(path: Path, cfg: TrainConfig, *, branch: bool = False) -> dict:
     """Read a training state written by :func:`train_model` for the same configuration.
 
-    Read with ``weights_only=True``: a state file is data (tensors, numbers, strings), never code.
+    With ``branch``, a state of another run is accepted too when its finished epochs are exactly
+    those of ``cfg`` (:func:`is_prefix`). Read with ``weights_only=True``: a state file is data
+    (tensors, numbers, strings), never code.
     """
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -231,13 +271,16 @@ def load_train_state(path: Path, cfg: TrainConfig) -> dict:
                             f"delete it to start afresh") from None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise TrainingError(f"{path}: not a filterlens training state; delete it to start afresh")
-    def settings(d: dict) -> dict:  # the thread count may change between runs
-        return {k: v for k, v in d.items() if k != "threads"}
-
-    if settings(state.get("config") or {}) != settings(cfg.to_dict()):
-        raise TrainingError(f"{path}: the training state was written with other settings; delete it to "
-                            f"start afresh, or resume with the settings it was written with")
-    return state
+    config = state.get("config") or {}
+    if _settings(config) == _settings(cfg.to_dict()):
+        return state
+    if branch:
+        if not is_prefix(config, cfg, int(state.get("epoch", 0))):
+            raise TrainingError(f"{path}: the training state's {state.get('epoch')} epochs are not those of this run "
+                                f"(only a step or constant schedule's length and later decays may differ)")
+        return state
+    raise TrainingError(f"{path}: the training state was written with other settings; delete it to "
+                        f"start afresh, or resume with the settings it was written with")
 
 
 def train_model(
@@ -250,6 +293,7 @@ def train_model(
     description: str = "training",
     state_file: str | Path | None = None,
     resume: bool = False,
+    branch: bool = False,
 ) -> TrainResult:
     """Train ``model`` in place on ``data`` (an ``ArrayDataset`` or ``(uint8 NHWC images, labels)``).
 
@@ -258,8 +302,10 @@ def train_model(
     guard's best weights) is written there atomically after every epoch. With ``resume`` and an
     existing ``state_file``, training continues after the last finished epoch and ends with the
     same weights as an uninterrupted run with the same thread count. Without ``resume``, an existing
-    ``state_file`` is an error (it is never overwritten silently). The caller removes the file once
-    the trained weights are safely written.
+    ``state_file`` is an error (it is never overwritten silently). With ``branch`` as well, the
+    state may come from a run that differs only after its finished epochs (:func:`is_prefix`); the
+    result is the uninterrupted run of ``cfg``. The caller removes the file once the trained weights
+    are safely written.
     """
     from ..data import BatchLoader
 
@@ -269,7 +315,7 @@ def train_model(
         if not resume:
             raise TrainingError(f"{state_path}: an interrupted training state exists; pass --resume to "
                                 f"continue it, or delete it to start afresh")
-        resumed = load_train_state(state_path, cfg)
+        resumed = load_train_state(state_path, cfg, branch=branch)
 
     with torch_settings(cfg.threads, cfg.deterministic):
         gen = torch.Generator().manual_seed(cfg.seed)

@@ -101,8 +101,12 @@ def _log(msg: str) -> None:
 
 
 def train_one(entry: ZooModel, *, out_dir: Path = WEIGHTS_DIR, threads: int = 1, data_dir: str | None = None,
-              progress: bool = False, resume: bool = False) -> dict:
-    """Train one zoo model and write ``<out_dir>/<name>.safetensors`` + ``.json``; returns its card."""
+              progress: bool = False, resume: bool = False, branch: bool = False) -> dict:
+    """Train one zoo model and write ``<out_dir>/<name>.safetensors`` + ``.json``; returns its card.
+
+    ``resume`` continues the model's interrupted training state; with ``branch``, that state may
+    come from a run that differs only after its finished epochs (``robust.train.is_prefix``).
+    """
     from ..robust.attacks import parse_eps
     from ..robust.pipeline import train_and_save
 
@@ -111,7 +115,8 @@ def train_one(entry: ZooModel, *, out_dir: Path = WEIGHTS_DIR, threads: int = 1,
         training=entry.training, eps=parse_eps(entry.eps) if entry.eps else None, epochs=entry.epochs,
         seed=entry.seed, n_train=entry.n_train, data_dir=data_dir, arch_kwargs=dict(entry.arch_kwargs),
         progress=progress, log=lambda m: _log(f"{entry.name} | {m.strip()}"), name=entry.name,
-        threads=threads, card_extra={"zoo": True, "recipe": asdict(entry)}, resume=resume, **EVALUATION,
+        threads=threads, card_extra={"zoo": True, "recipe": asdict(entry)}, resume=resume, branch=branch,
+        **EVALUATION,
         **entry.options,
     )
 
