@@ -13,7 +13,8 @@ evaluation); a change applied to both arms of a pair keeps them a pair. ``--set 
 ``<out-dir>/<name>.safetensors`` with its card, never into the package's zoo. ``--branch-from``
 starts from another run's training state when that run's finished epochs are exactly this one's
 (``robust.train.is_prefix``); the result is then the direct run's, bit for bit
-(``tests/test_training_resume.py``), so its card describes the direct run. Compare it with ``python scripts/zoo_table.py <out-dir>``.
+(``tests/test_training_resume.py``), so its card describes the direct run. Compare variants with
+``python scripts/zoo_table.py <out-dir>``.
 """
 
 from __future__ import annotations
@@ -79,15 +80,13 @@ def main() -> None:
 
 def _branch(source: Path, state: Path, ap: argparse.ArgumentParser) -> None:
     """Copy another run's state to this run's state path; ``train_one(branch=True)`` then checks it."""
-    import shutil
+    from filterlens.atomic import write_bytes_atomic
 
     if not source.is_file():
         ap.error(f"--branch-from {source}: no such training state")
     if state.exists():
         ap.error(f"{state} exists; continue it with --resume instead of --branch-from")
-    tmp = state.with_suffix(".pt.tmp")
-    shutil.copyfile(source, tmp)
-    tmp.replace(state)
+    write_bytes_atomic(state, source.read_bytes())
 
 
 if __name__ == "__main__":

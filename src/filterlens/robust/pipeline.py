@@ -125,7 +125,7 @@ def train_and_save(
 
 
 def _train_and_save(*, dataset, arch, out: Path, training, eps, epochs, seed, n_train, data_dir, arch_kwargs,
-                    n_eval, n_attack, pgd_steps, progress, log, name, card_extra, resume, branch=False,
+                    n_eval, n_attack, pgd_steps, progress, log, name, card_extra, resume, branch,
                     **train_options) -> dict:
     from ..archs import create_arch
     from ..data import load_dataset

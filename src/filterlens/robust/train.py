@@ -240,9 +240,10 @@ def is_prefix(state_config: dict, cfg: TrainConfig, epochs_done: int) -> bool:
     True when the two differ at most in ``epochs`` and the decays (``step_every``, ``milestones``),
     the schedule is ``step`` or ``constant`` (its learning rate does not depend on the run's
     length), no epsilon warm-up ramps over the run's length, ``cfg`` runs at least ``epochs_done``
-    epochs, and the learning rate of every finished epoch is the same under both. A state of such a run after ``epochs_done``
-    epochs is then exactly the state of ``cfg`` after them: e.g. a 40-epoch run continued to 60,
-    or a 20-epoch run with a decay at 15 branched, after epoch 10, into one that decays at 10.
+    epochs, and the learning rate of every finished epoch is the same under both. A state of such a
+    run after ``epochs_done`` epochs is then exactly the state of ``cfg`` after them: e.g. a
+    40-epoch run continued to 60, or a 20-epoch run with a decay at 15 branched, after epoch 10,
+    into one that decays at 10.
     """
     a, b = _settings(state_config), _settings(cfg.to_dict())
     free = ("epochs", "step_every", "milestones")
