@@ -45,6 +45,8 @@ def main() -> None:
     ap.add_argument("--out-dir", type=Path, default=Path("zoo-probe"))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--device", default="cpu", help="cpu | cuda: where to train and evaluate (the random draws "
+                    "are the same on both; a state resumes on either)")
     ap.add_argument("--branch-from", type=Path, default=None, metavar="STATE",
                     help="start from this training state of another run whose finished epochs are exactly "
                          "this run's (a step schedule decaying later, or a shorter run); copied, never changed")
@@ -75,7 +77,7 @@ def main() -> None:
         _branch(args.branch_from, args.out_dir / f"{entry.name}.train-state.pt", ap)
     # a resumed probe may still hold the state it branched from, so resuming accepts a prefix too
     train_one(entry, out_dir=args.out_dir, threads=args.threads, resume=args.resume or bool(args.branch_from),
-              branch=True)
+              branch=True, device=args.device)
 
 
 def _branch(source: Path, state: Path, ap: argparse.ArgumentParser) -> None:

@@ -43,6 +43,10 @@ def _arch_kwargs(items: Optional[List[str]]) -> dict:
     return kw
 
 
+DEVICE_HELP = ("cpu | cuda: where to train and evaluate. The random draws are the same on both, and a "
+               "checkpointed state resumes on either; bit-for-bit repeats hold on the CPU.")
+
+
 def _log(msg: str) -> None:
     err.print(msg, highlight=False, markup=False)
 
@@ -75,6 +79,7 @@ def train(
     arch_kw: Optional[List[str]] = typer.Option(None, "--arch-kw", help="Extra architecture argument KEY=VALUE "
                                                 "(repeatable), e.g. width=16."),
     threads: int = typer.Option(2, "--threads", min=1, help="Torch threads."),
+    device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
     n_attack: int = typer.Option(1000, "--n-attack", help="Test images for the final PGD-20 evaluation."),
     show_progress: bool = typer.Option(True, "--progress/--no-progress"),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its last finished "
@@ -105,7 +110,7 @@ def train(
     card = train_and_save(
         dataset=dataset, arch=arch, out=out_file, training=training, eps=_eps(eps), epochs=epochs, seed=seed,
         n_train=n_train, data_dir=data_dir, arch_kwargs=_arch_kwargs(arch_kw), n_attack=n_attack,
-        progress=show_progress, log=_log, resume=resume, **opts,
+        progress=show_progress, log=_log, resume=resume, device=device, **opts,
     )
     r = card["results"]
     out.print(f"{out_file}: clean accuracy {r['clean']['accuracy']:.4f} (n={r['clean']['n']}), "
@@ -161,12 +166,14 @@ def zoo_train(
     out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="Where to write (default: the package's "
                                            "zoo/weights)."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", envvar="FILTERLENS_DATA"),
+    device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
 ) -> None:
     """Train the zoo model by model (each is saved as soon as it is done); see filterlens.zoo.recipe."""
     from ..zoo import recipe
 
     status = recipe.train_zoo(only or None, out_dir=out_dir or recipe.WEIGHTS_DIR, jobs=jobs, threads=threads,
-                              force=force, resume=resume, data_dir=str(data_dir) if data_dir else None)
+                              force=force, resume=resume, data_dir=str(data_dir) if data_dir else None,
+                              device=device)
     failed = {k: v for k, v in status.items() if v}
     if failed:
         raise FilterlensError(f"{len(failed)} zoo model(s) failed: " + "; ".join(f"{k}: {v}" for k, v in failed.items()))

@@ -105,7 +105,9 @@ def pgd(
 
     for _ in range(restarts):
         if random_start:
-            noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            # drawn on the generator's device, so a CPU generator gives the same starts on any device
+            gdev = generator.device if generator is not None else x.device
+            noise = torch.rand(x.shape, generator=generator, device=gdev, dtype=x.dtype).to(x.device)
             x_adv = torch.max(torch.min(x + (2 * noise - 1) * eps, hi), lo)
         else:
             x_adv = x.clone()

@@ -81,7 +81,7 @@ def pgd_accuracy(
     batch_size: int = 250,
     progress: Callable[[int], None] | None = None,
 ) -> float:
-    g = torch.Generator(device=x.device).manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)  # on the CPU: the same random starts on every device
     return robust_accuracy(
         model, x, y, lambda m, xb, yb: pgd(m, xb, yb, eps, alpha=alpha, steps=steps, restarts=restarts, generator=g),
         batch_size=batch_size, progress=progress,
@@ -177,15 +177,16 @@ def evaluate_dataset(
     seed: int = 0,
     version: str = "standard",
 ) -> dict:
-    """:func:`evaluate` on an :class:`~filterlens.data.ArrayDataset` (usually the test split).
+    """:func:`evaluate` on an :class:`~filterlens.data.ArrayDataset` (usually the test split), on the model's device.
 
     Clean accuracy uses ``test.subset(n_clean)`` (all of it by default); the attack uses the fixed,
     class-balanced ``test.subset(n_attack, seed=subset_seed)``.
     """
+    dev = next(model.parameters()).device  # evaluate where the model is
     clean_ds = test.subset(n_clean, seed=subset_seed)
-    x, y = clean_ds.tensors()
+    x, y = (t.to(dev) for t in clean_ds.tensors())
     out = {"clean": _clean_result(model, x, y)}
-    xa, ya = test.subset(n_attack, seed=subset_seed).tensors()
+    xa, ya = (t.to(dev) for t in test.subset(n_attack, seed=subset_seed).tensors())
     res = attack_result(model, xa, ya, eps, attack=attack, steps=steps, restarts=restarts, alpha=alpha,
                         seed=seed, version=version)
     out[attack] = {**res, "subset_seed": subset_seed, "split": test.split}

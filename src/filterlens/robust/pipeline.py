@@ -16,7 +16,7 @@ from ..errors import FilterlensError
 from .attacks import format_eps
 from .card import load_module_and_card, read_card, save_model, update_card
 from .evaluate import evaluate_dataset
-from .train import TrainConfig, seed_everything, torch_settings, train_model
+from .train import TrainConfig, resolve_device, seed_everything, torch_settings, train_model
 
 DEFAULT_EPS = {"cifar10": 8 / 255, "mnist": 0.3}
 
@@ -26,8 +26,10 @@ def _version() -> str:
         from importlib.metadata import version
 
         return version("filterlens")
-    except Exception:
-        return "unknown"
+    except Exception:  # run from a checkout without installing it
+        from .._version import __version__
+
+        return __version__
 
 
 def train_state_path(out: str | Path) -> Path:
@@ -50,10 +52,11 @@ def _exclusive(lock_file: Path) -> Iterator[None]:
         yield  # the lock goes with the file's closing; the empty file stays (unlinking it would race)
 
 
-def device_description(threads: int | None) -> str:
-    """What trained the model, for its card: ``cpu: <processor> (<n> threads)`` or the CUDA device."""
-    if torch.cuda.is_available():
-        return f"cuda: {torch.cuda.get_device_name(0)}"
+def device_description(threads: int | None, device: str | torch.device | None = None) -> str:
+    """What trained the model, for its card: ``cpu: <processor> (<n> threads)`` or ``cuda: <GPU name>``."""
+    dev = torch.device(device or "cpu")
+    if dev.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(dev)}"
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -102,6 +105,7 @@ def train_and_save(
     card_extra: dict | None = None,
     resume: bool = False,
     branch: bool = False,
+    device: str | None = None,
     **train_options,
 ) -> dict:
     """Train, evaluate (clean on ``n_eval`` test images, PGD-``pgd_steps`` on ``n_attack``), save.
@@ -109,23 +113,25 @@ def train_and_save(
     ``train_options`` are further :class:`TrainConfig` fields (``lr``, ``batch_size``, ``schedule``,
     ``attack_steps``, ``threads`` ...). The training state is checkpointed after every epoch to
     :func:`train_state_path` ``(out)``; with ``resume`` an interrupted run continues from there and
-    gives the weights an uninterrupted run gives. Returns the model card that was written.
+    gives the weights an uninterrupted run gives. ``device`` (``cpu`` by default, or ``cuda``) runs
+    training and evaluation there; a state resumes on either. Returns the model card that was written.
     """
     out = Path(out)
     if out.suffix != ".safetensors":
         raise FilterlensError(f"--out must end in .safetensors, got {out.name}")
     if not out.parent.is_dir():
         raise FilterlensError(f"{out}: the folder {out.parent} does not exist")
+    resolve_device(device)  # a missing GPU is a one-line error before anything is loaded or written
     with _exclusive(train_state_path(out).with_suffix(".pt.lock")):
         return _train_and_save(
             dataset=dataset, arch=arch, out=out, training=training, eps=eps, epochs=epochs, seed=seed,
             n_train=n_train, data_dir=data_dir, arch_kwargs=arch_kwargs, n_eval=n_eval, n_attack=n_attack,
             pgd_steps=pgd_steps, progress=progress, log=log, name=name, card_extra=card_extra, resume=resume,
-            branch=branch, **train_options)
+            branch=branch, device=device, **train_options)
 
 
 def _train_and_save(*, dataset, arch, out: Path, training, eps, epochs, seed, n_train, data_dir, arch_kwargs,
-                    n_eval, n_attack, pgd_steps, progress, log, name, card_extra, resume, branch,
+                    n_eval, n_attack, pgd_steps, progress, log, name, card_extra, resume, branch, device,
                     **train_options) -> dict:
     from ..archs import create_arch
     from ..data import load_dataset
@@ -154,11 +160,12 @@ def _train_and_save(*, dataset, arch, out: Path, training, eps, epochs, seed, n_
                 f"{' eps ' + format_eps(eps) if cfg.method != 'normal' else ''}, {epochs} epochs, seed {seed}")
         state_file = train_state_path(out)
         result = train_model(model, sub, cfg, progress=progress, log=log, description=name or out.stem,
-                             state_file=state_file, resume=resume, branch=branch)
+                             state_file=state_file, resume=resume, branch=branch, device=device)
         te = time.perf_counter()
         results = evaluate_dataset(model, test_ds, eps, attack="pgd", n_clean=n_eval, n_attack=n_attack,
                                    steps=pgd_steps, seed=0)
         eval_seconds = time.perf_counter() - te
+        model.cpu()
 
     card = {
         "name": name or out.stem,
@@ -186,7 +193,7 @@ def _train_and_save(*, dataset, arch, out: Path, training, eps, epochs, seed, n_
         "filterlens_version": _version(),
         "python": platform.python_version(),
         "threads": cfg.threads,
-        "device": device_description(cfg.threads),
+        "device": device_description(cfg.threads, device),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         **(card_extra or {}),
     }

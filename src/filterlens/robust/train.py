@@ -1,8 +1,9 @@
 """Normal and adversarial training (PGD, FGSM with random start, TRADES) on CPU-sized problems.
 
 Inputs are in [0, 1]; the model normalises them itself. Everything random (initialisation,
-shuffling, augmentation, attack starts) is drawn from generators seeded by ``seed``, so two runs
-with the same seed and thread count give identical weights.
+shuffling, augmentation, attack starts) is drawn from CPU generators seeded by ``seed``, so two
+runs with the same seed and thread count give identical weights, and a run on a GPU sees the same
+data order, augmentation and attack starts as one on the CPU (its arithmetic differs in rounding).
 """
 
 from __future__ import annotations
@@ -143,8 +144,13 @@ def seed_everything(seed: int) -> None:
 
 # --- the inner maximisations -------------------------------------------------------------------
 
+def _rand(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Uniform noise shaped like ``x``, drawn on the (CPU) generator and moved to ``x``'s device."""
+    return torch.rand(x.shape, generator=g).to(x.device)
+
+
 def _fgsm_rs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float, g: torch.Generator) -> torch.Tensor:
-    delta = (torch.rand(x.shape, generator=g) * 2 - 1).mul_(eps)
+    delta = (_rand(x, g) * 2 - 1).mul_(eps)
     delta = ((x + delta).clamp_(0, 1) - x).requires_grad_(True)
     loss = F.cross_entropy(model(x + delta), y)
     (grad,) = torch.autograd.grad(loss, delta)
@@ -154,7 +160,7 @@ def _fgsm_rs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alp
 
 def _pgd_train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float, steps: int, g: torch.Generator) -> torch.Tensor:
     lo, hi = (x - eps).clamp(min=0), (x + eps).clamp(max=1)
-    x_adv = torch.max(torch.min(x + (torch.rand(x.shape, generator=g) * 2 - 1) * eps, hi), lo)
+    x_adv = torch.max(torch.min(x + (_rand(x, g) * 2 - 1) * eps, hi), lo)
     for _ in range(steps):
         x_adv.requires_grad_(True)
         loss = F.cross_entropy(model(x_adv), y)
@@ -170,7 +176,7 @@ def _trades_adv(model: nn.Module, x: torch.Tensor, eps: float, alpha: float, ste
     with torch.no_grad():
         p_nat = F.softmax(model(x), dim=1)
     lo, hi = (x - eps).clamp(min=0), (x + eps).clamp(max=1)
-    x_adv = torch.max(torch.min(x + 0.001 * torch.randn(x.shape, generator=g), hi), lo)
+    x_adv = torch.max(torch.min(x + 0.001 * torch.randn(x.shape, generator=g).to(x.device), hi), lo)
     for _ in range(steps):
         x_adv.requires_grad_(True)
         loss = F.kl_div(F.log_softmax(model(x_adv), dim=1), p_nat, reduction="sum")
@@ -216,7 +222,31 @@ STATE_FORMAT = "filterlens-train-state/1"
 
 
 def _state_dict_copy(model: nn.Module) -> dict:
-    return {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    """A CPU copy of the weights (a state written on a GPU resumes on the CPU and back)."""
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+
+
+def _to_cpu(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None``/``"cpu"`` -> the CPU; ``"cuda"`` (or ``"cuda:N"``) -> that GPU, which must exist."""
+    try:
+        dev = torch.device(device or "cpu")
+    except RuntimeError as e:
+        raise TrainingError(f"unknown device {device!r} ({e}); use cpu or cuda") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise TrainingError(f"device {device!r} is not supported; use cpu or cuda")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise TrainingError(f"device {device!r} asked for, but this torch sees no CUDA GPU; use --device cpu")
+    return dev
 
 
 def save_train_state(path: Path, state: dict) -> None:
@@ -295,6 +325,7 @@ def train_model(
     state_file: str | Path | None = None,
     resume: bool = False,
     branch: bool = False,
+    device: str | torch.device | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on ``data`` (an ``ArrayDataset`` or ``(uint8 NHWC images, labels)``).
 
@@ -307,6 +338,10 @@ def train_model(
     state may come from a run that differs only after its finished epochs (:func:`is_prefix`); the
     result is the uninterrupted run of ``cfg``. The caller removes the file once the trained weights
     are safely written.
+
+    ``device`` (``cpu`` by default, or ``cuda``) is where the arithmetic runs; the model is left
+    there. The random draws stay on CPU generators and the state is written with CPU tensors, so a
+    state written on one device resumes on the other; each epoch's history names its device.
     """
     from ..data import BatchLoader
 
@@ -318,7 +353,9 @@ def train_model(
                                 f"continue it, or delete it to start afresh")
         resumed = load_train_state(state_path, cfg, branch=branch)
 
+    dev = resolve_device(device)
     with torch_settings(cfg.threads, cfg.deterministic):
+        model.to(dev)
         gen = torch.Generator().manual_seed(cfg.seed)
         attack_gen = torch.Generator().manual_seed(cfg.seed + 1_000_003)
         loader = BatchLoader(
@@ -340,6 +377,7 @@ def train_model(
         if cfg.guard and cfg.method != "normal":
             guard_x, guard_y = BatchLoader(data, cfg.guard_n, channels_last=cfg.channels_last)._batch(
                 guard_indices(loader.num_examples, cfg.guard_n, cfg.seed))
+            guard_x, guard_y = guard_x.to(dev), guard_y.to(dev)
         result = TrainResult()
         bar = None
         if progress:
@@ -376,10 +414,11 @@ def train_model(
         try:
             for epoch in range(first_epoch, cfg.epochs):
                 te = time.perf_counter()
-                loss_sum = torch.zeros(())
-                correct = torch.zeros((), dtype=torch.long)
+                loss_sum = torch.zeros((), device=dev)
+                correct = torch.zeros((), dtype=torch.long, device=dev)
                 seen = 0
                 for x, y in loader:
+                    x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
                     lr = lr_at(cfg, it, total, per_epoch)
                     for group in opt.param_groups:
                         group["lr"] = lr
@@ -413,7 +452,7 @@ def train_model(
                 if not math.isfinite(float(loss_sum)):
                     raise TrainingError(f"the loss diverged in epoch {epoch + 1}; lower the learning rate")
                 rec = {"epoch": epoch + 1, "loss": float(loss_sum) / seen, "train_acc": int(correct) / seen,
-                       "lr_end": lr, "seconds": round(time.perf_counter() - te, 2)}
+                       "lr_end": lr, "seconds": round(time.perf_counter() - te, 2), "device": dev.type}
                 if guard_x is not None:
                     acc = _guard_accuracy(model, guard_x, guard_y, cfg.eps, attack_gen)
                     rec["guard_pgd5_acc"] = acc
@@ -430,7 +469,7 @@ def train_model(
                 if state_path is not None:
                     save_train_state(state_path, {
                         "format": STATE_FORMAT, "config": cfg.to_dict(), "epoch": epoch + 1, "iteration": it,
-                        "model": _state_dict_copy(model), "optimizer": opt.state_dict(),
+                        "model": _state_dict_copy(model), "optimizer": _to_cpu(opt.state_dict()),
                         "generator": gen.get_state(), "attack_generator": attack_gen.get_state(),
                         "history": result.history, "best_guard": best_guard, "best_state": best_state,
                         "seconds": seconds_before + time.perf_counter() - t0,

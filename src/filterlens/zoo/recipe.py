@@ -101,11 +101,12 @@ def _log(msg: str) -> None:
 
 
 def train_one(entry: ZooModel, *, out_dir: Path = WEIGHTS_DIR, threads: int = 1, data_dir: str | None = None,
-              progress: bool = False, resume: bool = False, branch: bool = False) -> dict:
+              progress: bool = False, resume: bool = False, branch: bool = False, device: str | None = None) -> dict:
     """Train one zoo model and write ``<out_dir>/<name>.safetensors`` + ``.json``; returns its card.
 
     ``resume`` continues the model's interrupted training state; with ``branch``, that state may
     come from a run that differs only after its finished epochs (``robust.train.is_prefix``).
+    ``device`` (``cpu`` by default, or ``cuda``) is where it trains and is evaluated.
     """
     from ..robust.attacks import parse_eps
     from ..robust.pipeline import train_and_save
@@ -116,13 +117,14 @@ def train_one(entry: ZooModel, *, out_dir: Path = WEIGHTS_DIR, threads: int = 1,
         seed=entry.seed, n_train=entry.n_train, data_dir=data_dir, arch_kwargs=dict(entry.arch_kwargs),
         progress=progress, log=lambda m: _log(f"{entry.name} | {m.strip()}"), name=entry.name,
         threads=threads, card_extra={"zoo": True, "recipe": asdict(entry)}, resume=resume, branch=branch,
+        device=device,
         **EVALUATION,
         **entry.options,
     )
 
 
 def _worker(name: str, out_dir: str, threads: int, data_dir: str | None, resume: bool,
-            force: bool) -> tuple[str, str | None]:
+            force: bool, device: str | None = None) -> tuple[str, str | None]:
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     if not force and (Path(out_dir) / f"{name}.safetensors").is_file():  # finished meanwhile by another run
         return name, None
@@ -130,7 +132,7 @@ def _worker(name: str, out_dir: str, threads: int, data_dir: str | None, resume:
         import torch
 
         torch.set_num_threads(threads)
-        train_one(get(name), out_dir=Path(out_dir), threads=threads, data_dir=data_dir, resume=resume)
+        train_one(get(name), out_dir=Path(out_dir), threads=threads, data_dir=data_dir, resume=resume, device=device)
         write_index(Path(out_dir))
         return name, None
     except Exception as e:  # report and go on with the other models
@@ -203,6 +205,7 @@ def train_zoo(
     force: bool = False,
     resume: bool = False,
     data_dir: str | None = None,
+    device: str | None = None,
     log: Callable[[str], None] = _log,
 ) -> dict[str, str | None]:
     """Train the zoo model by model (``jobs`` worker processes of ``threads`` threads each).
@@ -211,6 +214,7 @@ def train_zoo(
     interrupted run keeps what it finished; models whose weights exist are skipped unless ``force``.
     Each model's training state is checkpointed after every epoch; with ``resume`` an interrupted
     model continues where it stopped (without it, an interrupted state is an error, never lost).
+    ``device`` (``cpu`` by default, or ``cuda``; workers share one GPU) is where each model trains.
     Returns ``{name: None or the error}``.
     """
     out_dir = Path(out_dir)
@@ -231,14 +235,15 @@ def train_zoo(
     status: dict[str, str | None] = {}
     if jobs <= 1:
         for e in todo:
-            status.update([_worker(e.name, str(out_dir), threads, data_dir, resume, force)])
+            status.update([_worker(e.name, str(out_dir), threads, data_dir, resume, force, device)])
     else:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
         ctx = mp.get_context("spawn")
         with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, max_tasks_per_child=1) as pool:
-            futs = [pool.submit(_worker, e.name, str(out_dir), threads, data_dir, resume, force) for e in todo]
+            futs = [pool.submit(_worker, e.name, str(out_dir), threads, data_dir, resume, force, device)
+                    for e in todo]
             for f in as_completed(futs):
                 name, err = f.result()
                 status[name] = err
