@@ -51,7 +51,9 @@ def main(folder: str) -> None:
         r = card.get("results", {})
         aa = r.get("autoattack", {})
         method = card["training"]["method"]
-        label = "normal" if method == "normal" else f"{method.upper()} {card['threat_model']['eps_str']}"
+        steps = card["training"].get("attack_steps")
+        kind = {"pgd": f"PGD-{steps}", "fgsm-rs": "FGSM-RS", "trades": "TRADES"}.get(method, method.upper())
+        label = "normal" if method == "normal" else f"{kind} {card['threat_model']['eps_str']}"
         ent = entropy.get(name)
         print(f"| {name} | {label} | {_pct(r.get('clean', {}).get('accuracy'))} | "
               f"{_pct(r.get('pgd', {}).get('accuracy'))} | "

@@ -282,10 +282,40 @@ def test_cli_train_and_evaluate(tmp_path: Path, monkeypatch) -> None:
     assert isinstance(res.exception, FilterlensError) and "8/255" in str(res.exception)
 
 
+def test_cli_train_zoo_preset_and_milestones(tmp_path: Path, monkeypatch) -> None:
+    """``--preset zoo`` passes the zoo recipe's CIFAR options; ``--milestones`` sets the decays."""
+    import typer
+    from typer.testing import CliRunner
+
+    import filterlens.robust.pipeline as pipeline
+    from filterlens.cli.robust_cmd import register
+    from filterlens.zoo.recipe import CIFAR_OPTIONS
+
+    seen = {}
+
+    def record(**kw):
+        seen.update(kw)
+        raise FilterlensError("recorded")  # nothing is trained
+
+    monkeypatch.setattr(pipeline, "train_and_save", record)
+    app = typer.Typer()
+    app.callback()(lambda: None)
+    register(app)
+    base = ["train", "-d", "cifar10", "-a", "cifar_resnet20", "-o", str(tmp_path / "m.safetensors")]
+    CliRunner().invoke(app, [*base, "--preset", "zoo", "--epochs", "28"])
+    assert {k: seen[k] for k in ("lr", "batch_size", "schedule", "weight_decay", "milestones")} == {
+        k: CIFAR_OPTIONS[k] for k in ("lr", "batch_size", "schedule", "weight_decay", "milestones")}
+    seen.clear()
+    CliRunner().invoke(app, [*base, "--schedule", "step", "--milestones", "5,15", "--device", "cpu"])
+    assert seen["milestones"] == [5, 15] and seen["device"] == "cpu" and seen["schedule"] == "step"
+    res = CliRunner().invoke(app, [*base, "--milestones", "5,x"])
+    assert isinstance(res.exception, FilterlensError) and "7,21" in str(res.exception)
+
+
 # --- the zoo ------------------------------------------------------------------------------------
 
 def test_zoo_recipe() -> None:
-    """Zoo v2 (issue 14): matched normal/FGSM-RS pairs of one recipe, >= 4 seeds per arm, full training set,
+    """Zoo v3 (issue 14): matched normal/PGD-2 pairs of one recipe, >= 4 seeds per arm, full training set,
     a paper-family architecture (CIFAR ResNet-20), the MNIST pair, and under 30 MB of weights."""
     from dataclasses import replace
 
@@ -296,15 +326,17 @@ def test_zoo_recipe() -> None:
     assert len({m.name for m in RECIPE}) == len(RECIPE)
     assert "cifar_resnet20" in {m.arch for m in cifar}
     for m in cifar:
-        assert m.n_train is None and m.training in ("normal", "fgsm-rs")
+        assert m.n_train is None and m.training in ("normal", "pgd")
     total_params = 0
     for arch in {m.arch for m in cifar}:
         runs = [m for m in cifar if m.arch == arch]
         normal = {m.seed: m for m in runs if m.training == "normal"}
-        robust = {m.seed: m for m in runs if m.training == "fgsm-rs"}
+        robust = {m.seed: m for m in runs if m.training == "pgd"}
         assert len(normal) >= 4 and normal.keys() == robust.keys()
         for seed in normal:  # one recipe: the pairs differ in the training method (and eps) only
-            assert replace(robust[seed], name=normal[seed].name, training="normal", eps=None,
+            assert robust[seed].options["attack_steps"] == 2
+            as_normal = {k: v for k, v in robust[seed].options.items() if k != "attack_steps"}
+            assert replace(robust[seed], name=normal[seed].name, training="normal", eps=None, options=as_normal,
                            cost=normal[seed].cost) == normal[seed]
         model = create_arch(arch, **runs[0].arch_kwargs)
         assert sum(isinstance(c, nn.Conv2d) and c.kernel_size == (3, 3) for c in model.modules()) >= 8

@@ -68,6 +68,18 @@ def test_cards_record_the_recipes_evaluation_and_meet_the_accuracy_targets():
             assert res["clean"]["accuracy"] >= 0.85, name
 
 
+def test_cards_record_their_recipe_entry_and_device():
+    """Each bundled model was trained by the recipe's entry of its name, on a device its card names."""
+    from dataclasses import asdict
+
+    from filterlens.zoo.recipe import get
+
+    for name, card in _cards().items():
+        assert card["recipe"] == asdict(get(name)), name
+        assert card["device"].split(":")[0] in ("cpu", "cuda"), name
+        assert {h.get("device", "cpu") for h in card["history"]} <= {"cpu", "cuda"}, name
+
+
 def test_weights_are_the_ones_the_cards_describe():
     from filterlens.data.sample import load_cifar10_sample
     from filterlens.robust import clean_accuracy, load_module_and_card
@@ -96,4 +108,4 @@ def test_pooled_entropy_matches_compare_and_separates_the_groups(tmp_path):
     normal = [plain[m["name"]] for m in NORMAL]
     robust = [plain[m["name"]] for m in ROBUST]
     assert max(normal) <= 0.86  # trained filters, far from the random-init 0.954
-    assert min(robust) > max(normal)  # every robust model above every normal one
+    assert min(robust) >= max(normal) + 0.03  # every robust model 0.03 above every normal one
