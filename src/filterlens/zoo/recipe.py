@@ -66,7 +66,7 @@ class ZooModel:
 CIFAR_SEEDS = (0, 1, 2, 3)
 _CIFAR_COMMON = dict(dataset="cifar10", epochs=28, n_train=None)
 CIFAR_OPTIONS = dict(lr=0.1, batch_size=128, schedule="step", momentum=0.9, nesterov=True, weight_decay=5e-4,
-                   milestones=[7, 21])
+                     milestones=[7, 21])
 
 
 def _cifar(arch: str, training: str, seed: int, cost: float, **options) -> ZooModel:
