@@ -26,7 +26,7 @@ def _preset(name: str) -> dict:
     if name == "zoo":  # the bundled zoo's CIFAR recipe, defined once in zoo/recipe.py
         from ..zoo.recipe import CIFAR_OPTIONS
 
-        return {k: v for k, v in CIFAR_OPTIONS.items() if k not in ("momentum", "nesterov")}
+        return dict(CIFAR_OPTIONS)
     if name not in PRESETS:
         raise FilterlensError(f"unknown preset {name!r}; use fast, zoo or paper")
     return dict(PRESETS[name])
